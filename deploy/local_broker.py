@@ -1,0 +1,320 @@
+"""A private RabbitMQ node from the installed `rabbitmq-server`, for `make run` and the tests.
+
+It uses the very files docker compose mounts (deploy/rabbitmq/): the runner only appends
+what differs per environment (listener port, the auth service's URL, the cache TTL) and
+fills the service accounts' password hashes into a copy of definitions.json. Every node gets
+its own name, ports and data directory, so a broker some other program started (the system
+one on 5672, say) is never used or touched.
+
+Debian's wrapper, run as root, switches to the `rabbitmq` user: the data directory is handed
+to that user, and `rabbitmqctl` goes through the same wrapper so both share its cookie.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pika
+import pika.exceptions
+
+from protocol.topology import VHOST
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "rabbitmq"
+START_TIMEOUT = 90.0
+
+
+class BrokerError(RuntimeError):
+    """The private node could not be started or stopped."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rabbit_password_hash(password: str) -> str:
+    """RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt + sha256(salt + password))."""
+    salt = secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def _accepts_tcp(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _tool(name: str) -> str:
+    """The wrapper in /usr/sbin as root (it becomes `rabbitmq`); the plain script otherwise."""
+    if not _is_root():
+        plain = Path("/usr/lib/rabbitmq/bin") / name
+        if plain.exists():
+            return str(plain)
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/lib/rabbitmq/bin")
+    if not found:
+        raise BrokerError(
+            f"{name} is not installed: install Debian's rabbitmq-server (apt-get install "
+            "rabbitmq-server) or run with a Docker engine"
+        )
+    return found
+
+
+@dataclass
+class LocalNode:
+    """One private node. `start()` boots it and waits until AMQP logins work."""
+
+    auth_url: str
+    service_passwords: dict[str, str]
+    auth_cache_ttl_ms: int = 15_000
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="messenger-rmq-")))
+    amqp_port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    name: str = field(default_factory=lambda: f"messenger-{secrets.token_hex(4)}@localhost")
+    host: str = "127.0.0.1"
+    extra_config: str = ""
+    chown_to_rabbitmq: bool = True
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        self._write_files()
+        log = (self.data_dir / "server.out").open("ab")
+        logger.info("starting RabbitMQ node %s on %s:%d", self.name, self.host, self.amqp_port)
+        self._process = subprocess.Popen(
+            [_tool("rabbitmq-server")],
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop the node in order
+        )
+        log.close()
+        try:
+            self._wait_until_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("RabbitMQ node %s ready", self.name)
+
+    def stop(self) -> None:
+        """Stop gracefully through rabbitmqctl; fall back to signals. Idempotent."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        logger.info("stopping RabbitMQ node %s", self.name)
+        with contextlib.suppress(BrokerError, subprocess.TimeoutExpired):
+            self.ctl("stop", timeout=60)
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                self._signal_node(sig, process)
+            try:
+                process.wait(timeout=30)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def kill(self) -> None:
+        """SIGKILL the Erlang VM: the crash a reliability test wants, not a shutdown."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._signal_node(signal.SIGKILL, process)
+        process.wait(timeout=30)
+
+    def restart(self) -> None:
+        """Stop and start again on the same data directory and ports."""
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # -- use -------------------------------------------------------------------------------
+
+    def amqp_url(self, username: str, password: str) -> str:
+        from urllib.parse import quote
+
+        return f"amqp://{quote(username, safe='')}:{quote(password, safe='')}@{self.host}:{self.amqp_port}/{VHOST}"
+
+    @property
+    def public_amqp_url(self) -> str:
+        """Where clients connect, without credentials."""
+        return f"amqp://{self.host}:{self.amqp_port}"
+
+    def connection_parameters(self, username: str, password: str) -> pika.ConnectionParameters:
+        return pika.ConnectionParameters(
+            host=self.host,
+            port=self.amqp_port,
+            virtual_host=VHOST,
+            credentials=pika.PlainCredentials(username, password),
+            connection_attempts=1,
+            socket_timeout=5,
+        )
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """Run `rabbitmqctl` against this node (and only this node)."""
+        result = subprocess.run(
+            [_tool("rabbitmqctl"), "-n", self.name, *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BrokerError(f"rabbitmqctl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def queue_depths(self) -> dict[str, int]:
+        """Ready + unacked messages per queue in our vhost."""
+        out = self.ctl("list_queues", "-p", VHOST, "--no-table-headers", "--quiet", "name", "messages")
+        depths: dict[str, int] = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 2 and parts[1].strip().isdigit():
+                depths[parts[0]] = int(parts[1])
+        return depths
+
+    def beam_pid(self) -> int | None:
+        pid_file = self.data_dir / "rabbit.pid"
+        with contextlib.suppress(OSError, ValueError):
+            return int(pid_file.read_text().strip())
+        return None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        d = self.data_dir
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            RABBITMQ_NODENAME=self.name,
+            RABBITMQ_USE_LONGNAME="false",
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+            RABBITMQ_LOG_BASE=str(d / "log"),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_FEATURE_FLAGS_FILE=str(d / "feature_flags"),
+            RABBITMQ_PLUGINS_EXPAND_DIR=str(d / "plugins-expand"),
+            RABBITMQ_PID_FILE=str(d / "rabbit.pid"),
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+        )
+        return env
+
+    def _write_files(self) -> None:
+        d = self.data_dir
+        for sub in ("mnesia", "log", "plugins-expand"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "rabbitmq-env.conf").touch()
+        shutil.copy(CONFIG_DIR / "enabled_plugins", d / "enabled_plugins")
+
+        definitions = json.loads((CONFIG_DIR / "definitions.json").read_text())
+        for user in definitions["users"]:
+            password = self.service_passwords.get(user["name"])
+            if password is None:
+                raise BrokerError(f"no password given for service account {user['name']!r}")
+            user["password_hash"] = rabbit_password_hash(password)
+        defs_path = d / "definitions.json"
+        defs_path.write_text(json.dumps(definitions, indent=2))
+        defs_path.chmod(0o600)
+
+        base = (CONFIG_DIR / "rabbitmq.conf").read_text()
+        auth = self.auth_url.rstrip("/")
+        overrides = "\n".join(
+            [
+                "",
+                "# --- written by deploy/local_broker.py for this node (later keys win) ---",
+                f"listeners.tcp.default = {self._listener()}",
+                f"definitions.local.path = {self._path_seen_by_broker(defs_path)}",
+                f"auth_cache.cache_ttl = {self.auth_cache_ttl_ms}",
+                *(f"auth_http.{p}_path = {auth}/broker/{p}" for p in ("user", "vhost", "resource", "topic")),
+                "log.console = false",
+                self.extra_config,
+                "",
+            ]
+        )
+        (d / "rabbitmq.conf").write_text(base + overrides)
+        if _is_root() and self.chown_to_rabbitmq:
+            shutil.chown(d, "rabbitmq", "rabbitmq")
+            for path in d.rglob("*"):
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+
+    def _listener(self) -> str:
+        return f"{self.host}:{self.amqp_port}"
+
+    def _path_seen_by_broker(self, path: Path) -> Path:
+        return path
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        params = self.connection_parameters("relay", self.service_passwords["relay"])
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise BrokerError(f"RabbitMQ node exited during start-up; see {self.data_dir}/log")
+            if not _accepts_tcp(self.host, self.amqp_port):  # spares pika's loud connect errors
+                time.sleep(0.2)
+                continue
+            try:
+                pika.BlockingConnection(params).close()
+                return
+            except pika.exceptions.AMQPError as exc:  # not listening yet, or definitions not loaded
+                last_error = exc
+                time.sleep(0.25)
+        raise BrokerError(f"RabbitMQ node not ready after {timeout:.0f}s ({last_error!r})")
+
+    def _signal_node(self, sig: signal.Signals, process: subprocess.Popen[bytes]) -> None:
+        pid = self.beam_pid()
+        for target in (pid, process.pid):
+            if target is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(target, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+
+
+@contextlib.contextmanager
+def running_node(**kwargs: object) -> Iterator[LocalNode]:
+    """A started node, removed with its data directory at the end, however the block ends."""
+    node = LocalNode(**kwargs)  # type: ignore[arg-type]
+    try:
+        node.start()
+        yield node
+    finally:
+        node.remove()
+
+
+def service_passwords() -> dict[str, str]:
+    """Fresh random passwords for the broker's service accounts of one local run."""
+    return {"relay": secrets.token_urlsafe(24), "auth": secrets.token_urlsafe(24)}

@@ -1,0 +1,99 @@
+"""Account rules and the bodies of the public account API.
+
+A username becomes a queue name (`inbox.<username>`) and a routing key, so its alphabet is
+narrow on purpose.
+"""
+
+import re
+import unicodedata
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+from protocol.wire import WireModel
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
+RESERVED_USERNAMES = frozenset({"guest", "admin", "relay", "auth", "system"})
+DISPLAY_NAME_MAX = 64
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024
+
+
+def check_username(value: str) -> str:
+    """Return `value` if it is a legal, unreserved username; raise ValueError saying why not."""
+    if not isinstance(value, str):
+        raise ValueError("username must be a string")
+    if not 3 <= len(value) <= 32:
+        raise ValueError("username must be 3 to 32 characters long")
+    if value != value.lower():
+        raise ValueError("username must be lowercase")
+    if not USERNAME_RE.match(value):
+        raise ValueError(
+            "username may hold only a-z, 0-9, '_', '.', '-' and must start with a letter or digit"
+        )
+    if value in RESERVED_USERNAMES:
+        raise ValueError(f"username '{value}' is reserved")
+    return value
+
+
+def is_valid_username(value: str) -> bool:
+    try:
+        check_username(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_display_name(value: str) -> str:
+    """Printable characters only: emoji and accents yes, control or format characters no."""
+    if not 1 <= len(value) <= DISPLAY_NAME_MAX:
+        raise ValueError(f"display name must be 1 to {DISPLAY_NAME_MAX} characters long")
+    for char in value:
+        if unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}:
+            raise ValueError(f"display name must not contain the character U+{ord(char):04X}")
+    if not value.strip():
+        raise ValueError("display name must not be blank")
+    return value
+
+
+def check_password(value: str) -> str:
+    if len(value) < PASSWORD_MIN:
+        raise ValueError(f"password must be at least {PASSWORD_MIN} characters long")
+    if len(value) > PASSWORD_MAX:
+        raise ValueError(f"password must be at most {PASSWORD_MAX} characters long")
+    return value
+
+
+Username = Annotated[str, AfterValidator(check_username)]
+DisplayName = Annotated[str, AfterValidator(check_display_name)]
+Password = Annotated[str, AfterValidator(check_password)]
+
+
+
+class SignupRequest(WireModel):
+    username: Username
+    display_name: DisplayName
+    password: Password
+
+
+class LoginRequest(WireModel):
+    # Not validated as a Username: a malformed name must get the same 401 as a wrong one.
+    username: str = Field(max_length=256)
+    password: str = Field(max_length=PASSWORD_MAX)
+
+
+class UserPublic(WireModel):
+    username: str
+    display_name: str
+
+
+class Session(WireModel):
+    token: str
+    expires_at: datetime
+
+
+class Meta(WireModel):
+    protocol_version: int
+    amqp_url: str
+    vhost: str

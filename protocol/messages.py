@@ -1,0 +1,101 @@
+"""Bodies that travel through the broker, one pydantic model each.
+
+Every body is JSON with `content_type` application/json and its model named by the AMQP
+`type` property (see topology.TYPE_*). Unknown fields are ignored so an older peer can read
+a newer one's messages.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator
+
+from protocol.accounts import check_username
+from protocol.wire import WireModel
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 10_000
+_ALLOWED_CONTROLS = {"\n", "\t"}
+
+
+def check_text(value: str) -> str:
+    """Text is 1..10,000 characters after trimming, with no control character but \\n and \\t."""
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("text must not be empty")
+    if len(stripped) > MAX_TEXT_CHARS:
+        raise ValueError(f"text must be at most {MAX_TEXT_CHARS} characters")
+    for char in stripped:
+        if (ord(char) < 32 or 127 <= ord(char) < 160) and char not in _ALLOWED_CONTROLS:
+            raise ValueError(f"text must not contain the control character U+{ord(char):04X}")
+    return stripped
+
+
+
+class SendRequest(WireModel):
+    """What a client publishes to the outbox. The sender is the broker-checked `user_id`."""
+
+    to: str
+    text: str
+
+    @field_validator("to")
+    @classmethod
+    def _legal_recipient(cls, value: str) -> str:
+        return check_username(value)
+
+    @field_validator("text")
+    @classmethod
+    def _legal_text(cls, value: str) -> str:
+        return check_text(value)
+
+
+RejectReason = Literal["unknown_recipient", "invalid", "inbox_full"]
+
+
+class RelayAnswer(WireModel):
+    """The relay's answer on the sender's reply-to, correlated by the client's message id."""
+
+    status: Literal["accepted", "rejected"]
+    client_id: str | None = None
+    id: str | None = None
+    sent_at: datetime | None = None
+    reason: RejectReason | None = None
+    detail: str | None = None
+
+
+class DeliveredMessage(WireModel):
+    """What lands in a recipient's inbox."""
+
+    id: str
+    client_id: str | None = None
+    sender: str = Field(alias="from")
+    to: str
+    text: str
+    sent_at: datetime
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+ReceiptStatus = Literal["delivered", "read"]
+
+
+class ReceiptRequest(WireModel):
+    """A recipient's receipt, published to the outbox; the relay routes it to the sender."""
+
+    message_id: str
+    to: str
+    status: ReceiptStatus
+
+    @field_validator("to")
+    @classmethod
+    def _legal_recipient(cls, value: str) -> str:
+        return check_username(value)
+
+
+class ReceiptNotice(WireModel):
+    """A receipt as it reaches the original sender's inbox."""
+
+    message_id: str
+    reader: str
+    status: ReceiptStatus
+    at: datetime

@@ -1,0 +1,55 @@
+"""Fixtures shared by every test: the one broker of the session, and the services on it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.stack import (
+    AuthService,
+    Broker,
+    ServiceProcess,
+    start_auth,
+    start_broker,
+    start_relay,
+)
+
+logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    """The session's broker: started once, removed with its data at the end of the run."""
+    node = start_broker()
+    try:
+        yield node
+    finally:
+        node.remove()
+
+
+@pytest.fixture(scope="session")
+def auth(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthService]:
+    """The auth service of the session's broker (its /broker/* API is what the broker asks)."""
+    service = start_auth(broker, tmp_path_factory.mktemp("auth"))
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def relay(broker: Broker, auth: AuthService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One relay for tests that only need messages to flow."""
+    process = start_relay(broker, tmp_path_factory.mktemp("relay"))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,316 @@
+"""The real system for integration tests: a broker, the auth service, relays, as processes.
+
+The broker comes from one place, `start_broker()`: testcontainers' RabbitMQ where a Docker
+engine answers, otherwise a private node from the installed `rabbitmq-server`
+(deploy/local_broker.py). Services run as real subprocesses of the console entry points, so
+a test can SIGKILL them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pika
+
+from deploy.local_broker import LocalNode, free_port, service_passwords
+from protocol.topology import VHOST
+
+T = TypeVar("T")
+
+# The auth cache TTL the tests configure: a revoked token is refused after at most this.
+TEST_AUTH_CACHE_TTL_MS = 1000
+
+
+def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Retry `check` until it returns a truthy value or stops raising AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition still false after {timeout}s: {check}")
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(interval)
+
+
+def docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class Broker:
+    """What tests use of a broker, whichever kind runs it."""
+
+    node: LocalNode
+    auth_api_port: int  # where the broker asks the auth service (/broker/*)
+    auth_api_bind: str = "127.0.0.1"  # a broker in a container reaches the host's address
+
+    @property
+    def host(self) -> str:
+        return self.node.host
+
+    @property
+    def amqp_port(self) -> int:
+        return self.node.amqp_port
+
+    @property
+    def public_amqp_url(self) -> str:
+        return self.node.public_amqp_url
+
+    @property
+    def service_passwords(self) -> dict[str, str]:
+        return self.node.service_passwords
+
+    def params(self, username: str, password: str) -> pika.ConnectionParameters:
+        return self.node.connection_parameters(username, password)
+
+    def connect(self, username: str, password: str) -> pika.BlockingConnection:
+        return pika.BlockingConnection(self.params(username, password))
+
+    def queue_depths(self) -> dict[str, int]:
+        return self.node.queue_depths()
+
+    def stop(self) -> None:
+        self.node.stop()
+
+    def start(self) -> None:
+        self.node.start()
+
+    def restart(self) -> None:
+        self.node.restart()
+
+    def kill(self) -> None:
+        self.node.kill()
+
+    def remove(self) -> None:
+        self.node.remove()
+
+
+def start_broker(**node_options: Any) -> Broker:
+    """A started broker of our own. The caller removes it (`Broker.remove`)."""
+    auth_api_port = free_port()
+    if docker_engine_answers():  # pragma: no cover - no Docker engine on the CI machine
+        from tests.integration.container_broker import ContainerNode
+
+        node: LocalNode = ContainerNode(
+            auth_url=f"http://host.docker.internal:{auth_api_port}",
+            service_passwords=service_passwords(),
+            auth_cache_ttl_ms=TEST_AUTH_CACHE_TTL_MS,
+            **node_options,
+        )
+    else:
+        node = LocalNode(
+            auth_url=f"http://127.0.0.1:{auth_api_port}",
+            service_passwords=service_passwords(),
+            auth_cache_ttl_ms=TEST_AUTH_CACHE_TTL_MS,
+            **node_options,
+        )
+    node.start()
+    bind = "0.0.0.0" if "host.docker.internal" in node.auth_url else "127.0.0.1"
+    return Broker(node=node, auth_api_port=auth_api_port, auth_api_bind=bind)
+
+
+@dataclass
+class ServiceProcess:
+    """One service run as `python -m <module> <args>` with its own environment."""
+
+    module: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args],
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, no last acks; the crash a reliability test wants."""
+        self.signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.process is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class AuthService(ServiceProcess):
+    public_port: int = 0
+    broker_api_port: int = 0
+    db_path: Path = field(default_factory=Path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.public_port}"
+
+    @property
+    def broker_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.broker_api_port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def healthy() -> bool:
+            assert self.alive, f"auth service exited:\n{self.log()}"
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        eventually(healthy, timeout=timeout, interval=0.1)
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `messenger-auth ARGS` against this service's store and broker."""
+        return subprocess.run(
+            [sys.executable, "-m", "services.auth", *args],
+            env={**os.environ, **self.env},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def auth_env(broker: Broker, db_path: Path, public_port: int, **overrides: str) -> dict[str, str]:
+    env = {
+        "MESSENGER_AUTH_DB_PATH": str(db_path),
+        "MESSENGER_AUTH_PUBLIC_HOST": "127.0.0.1",
+        "MESSENGER_AUTH_PUBLIC_PORT": str(public_port),
+        "MESSENGER_AUTH_BROKER_API_HOST": broker.auth_api_bind,
+        "MESSENGER_AUTH_BROKER_API_PORT": str(broker.auth_api_port),
+        "MESSENGER_AUTH_AMQP_HOST": broker.host,
+        "MESSENGER_AUTH_AMQP_PORT": str(broker.amqp_port),
+        "MESSENGER_AUTH_AMQP_PASSWORD": broker.service_passwords["auth"],
+        "MESSENGER_AUTH_PUBLIC_AMQP_URL": broker.public_amqp_url,
+        # Cheap hashes keep the suite fast; the production cost is measured by `make bench`.
+        "MESSENGER_AUTH_ARGON2_TIME_COST": "1",
+        "MESSENGER_AUTH_ARGON2_MEMORY_KIB": "8192",
+        "MESSENGER_AUTH_ARGON2_PARALLELISM": "1",
+    }
+    env.update(overrides)
+    return env
+
+
+def start_auth(broker: Broker, workdir: Path | None = None, **env_overrides: str) -> AuthService:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="messenger-auth-"))
+    public_port = free_port()
+    db_path = workdir / "users.sqlite3"
+    service = AuthService(
+        module="services.auth",
+        args=["serve"],
+        env=auth_env(broker, db_path, public_port, **env_overrides),
+        log_path=workdir / f"auth-{public_port}.log",
+        public_port=public_port,
+        broker_api_port=broker.auth_api_port,
+        db_path=db_path,
+    )
+    service.start()
+    service.wait_ready()
+    return service
+
+
+def relay_env(broker: Broker, **overrides: str) -> dict[str, str]:
+    env = {
+        "MESSENGER_RELAY_AMQP_HOST": broker.host,
+        "MESSENGER_RELAY_AMQP_PORT": str(broker.amqp_port),
+        "MESSENGER_RELAY_AMQP_PASSWORD": broker.service_passwords["relay"],
+    }
+    env.update(overrides)
+    return env
+
+
+def start_relay(broker: Broker, workdir: Path | None = None, **env_overrides: str) -> ServiceProcess:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="messenger-relay-"))
+    relay = ServiceProcess(
+        module="services.relay",
+        args=[],
+        env=relay_env(broker, **env_overrides),
+        log_path=workdir / f"relay-{uuid.uuid4().hex[:8]}.log",
+    )
+    relay.start()
+    return relay
+
+
+@dataclass
+class User:
+    username: str
+    password: str
+    display_name: str
+    token: str
+
+
+def unique_username(prefix: str = "u") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def signup_and_login(auth: AuthService, prefix: str = "u", display_name: str | None = None) -> User:
+    username = unique_username(prefix)
+    password = secrets.token_urlsafe(12)
+    name = display_name or f"User {username}"
+    response = httpx.post(
+        f"{auth.url}/v1/users",
+        json={"username": username, "display_name": name, "password": password},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    response = httpx.post(
+        f"{auth.url}/v1/sessions", json={"username": username, "password": password}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return User(username, password, name, response.json()["token"])
+
+
+def close_quietly(connection: pika.BlockingConnection) -> None:
+    with contextlib.suppress(Exception):
+        connection.close()
+
+
+__all__ = ["VHOST", "AuthService", "Broker", "ServiceProcess", "User"]
