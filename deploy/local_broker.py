@@ -98,6 +98,7 @@ class LocalNode:
     extra_config: str = ""
     chown_to_rabbitmq: bool = True
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _beam: int | None = field(default=None, init=False, repr=False)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -116,35 +117,46 @@ class LocalNode:
         log.close()
         try:
             self._wait_until_ready(timeout)
+            self._beam = self.beam_pid()
         except BaseException:
             self.stop()
             raise
         logger.info("RabbitMQ node %s ready", self.name)
 
     def stop(self) -> None:
-        """Stop gracefully through rabbitmqctl; fall back to signals. Idempotent."""
+        """Stop gracefully through rabbitmqctl; fall back to signals. Idempotent.
+
+        Liveness is judged by the Erlang VM's own PID, taken when the node came up: the
+        wrapper process we spawned (`su`) can be gone while the VM still runs.
+        """
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        logger.info("stopping RabbitMQ node %s", self.name)
-        with contextlib.suppress(BrokerError, subprocess.TimeoutExpired):
-            self.ctl("stop", timeout=60)
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                self._signal_node(sig, process)
-            try:
-                process.wait(timeout=30)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        beam = self._beam or self.beam_pid()
+        if beam is not None and _alive(beam):
+            logger.info("stopping RabbitMQ node %s", self.name)
+            with contextlib.suppress(BrokerError, subprocess.TimeoutExpired):
+                self.ctl("stop", timeout=30)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if _wait_gone(beam, timeout=20):
+                    break
+                logger.warning("node %s still running; sending %s", self.name, sig.name)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(beam, sig)
+            _wait_gone(beam, timeout=10)
+        self._beam = None
+        if process is not None:
+            self._reap(process)
 
     def kill(self) -> None:
         """SIGKILL the Erlang VM: the crash a reliability test wants, not a shutdown."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        self._signal_node(signal.SIGKILL, process)
-        process.wait(timeout=30)
+        beam = self._beam or self.beam_pid()
+        if beam is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(beam, signal.SIGKILL)
+            _wait_gone(beam, timeout=10)
+        self._beam = None
+        if process is not None:
+            self._reap(process)
 
     def restart(self) -> None:
         """Stop and start again on the same data directory and ports."""
@@ -157,14 +169,11 @@ class LocalNode:
 
     @property
     def running(self) -> bool:
+        if self._beam is not None:
+            return _alive(self._beam)
         return self._process is not None and self._process.poll() is None
 
     # -- use -------------------------------------------------------------------------------
-
-    def amqp_url(self, username: str, password: str) -> str:
-        from urllib.parse import quote
-
-        return f"amqp://{quote(username, safe='')}:{quote(password, safe='')}@{self.host}:{self.amqp_port}/{VHOST}"
 
     @property
     def public_amqp_url(self) -> str:
@@ -197,7 +206,9 @@ class LocalNode:
 
     def queue_depths(self) -> dict[str, int]:
         """Ready + unacked messages per queue in our vhost."""
-        out = self.ctl("list_queues", "-p", VHOST, "--no-table-headers", "--quiet", "name", "messages")
+        out = self.ctl(
+            "list_queues", "-p", VHOST, "--no-table-headers", "--quiet", "name", "messages"
+        )
         depths: dict[str, int] = {}
         for line in out.splitlines():
             parts = line.split("\t")
@@ -258,7 +269,10 @@ class LocalNode:
                 f"listeners.tcp.default = {self._listener()}",
                 f"definitions.local.path = {self._path_seen_by_broker(defs_path)}",
                 f"auth_cache.cache_ttl = {self.auth_cache_ttl_ms}",
-                *(f"auth_http.{p}_path = {auth}/broker/{p}" for p in ("user", "vhost", "resource", "topic")),
+                *(
+                    f"auth_http.{p}_path = {auth}/broker/{p}"
+                    for p in ("user", "vhost", "resource", "topic")
+                ),
                 "log.console = false",
                 self.extra_config,
                 "",
@@ -294,14 +308,32 @@ class LocalNode:
                 time.sleep(0.25)
         raise BrokerError(f"RabbitMQ node not ready after {timeout:.0f}s ({last_error!r})")
 
-    def _signal_node(self, sig: signal.Signals, process: subprocess.Popen[bytes]) -> None:
-        pid = self.beam_pid()
-        for target in (pid, process.pid):
-            if target is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(target, sig)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
+    @staticmethod
+    def _reap(process: subprocess.Popen[bytes]) -> None:
+        """Collect the wrapper; its process group goes too if it lingers."""
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @contextlib.contextmanager

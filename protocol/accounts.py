@@ -28,7 +28,7 @@ def check_username(value: str) -> str:
         raise ValueError("username must be 3 to 32 characters long")
     if value != value.lower():
         raise ValueError("username must be lowercase")
-    if not USERNAME_RE.match(value):
+    if not USERNAME_RE.fullmatch(value):  # not match(): `$` also matches before a final \n
         raise ValueError(
             "username may hold only a-z, 0-9, '_', '.', '-' and must start with a letter or digit"
         )
@@ -68,7 +68,6 @@ def check_password(value: str) -> str:
 Username = Annotated[str, AfterValidator(check_username)]
 DisplayName = Annotated[str, AfterValidator(check_display_name)]
 Password = Annotated[str, AfterValidator(check_password)]
-
 
 
 class SignupRequest(WireModel):

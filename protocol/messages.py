@@ -1,14 +1,15 @@
 """Bodies that travel through the broker, one pydantic model each.
 
 Every body is JSON with `content_type` application/json and its model named by the AMQP
-`type` property (see topology.TYPE_*). Unknown fields are ignored so an older peer can read
-a newer one's messages.
+`type` property (see topology.TYPE_*); the protocol version travels in the
+`PROTOCOL_HEADER` header. Unknown fields are ignored so an older peer can read a newer
+one's messages.
 """
 
 from datetime import datetime
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.accounts import check_username
 from protocol.wire import WireModel
@@ -16,6 +17,12 @@ from protocol.wire import WireModel
 MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 10_000
 _ALLOWED_CONTROLS = {"\n", "\t"}
+
+# AMQP header that carries protocol.PROTOCOL_VERSION on every body.
+PROTOCOL_HEADER = "messenger-protocol"
+# AMQP header of a send request: the client's clock, Unix milliseconds. With the client's
+# message_id it makes the relay's server id the same when the relay handles a message twice.
+SENT_MS_HEADER = "messenger-sent-ms"
 
 
 def check_text(value: str) -> str:
@@ -30,6 +37,10 @@ def check_text(value: str) -> str:
             raise ValueError(f"text must not contain the control character U+{ord(char):04X}")
     return stripped
 
+
+def encode(model: BaseModel) -> bytes:
+    """The wire form of a body: compact UTF-8 JSON, aliases (`from`) applied."""
+    return model.model_dump_json(by_alias=True).encode()
 
 
 class SendRequest(WireModel):
@@ -64,7 +75,7 @@ class RelayAnswer(WireModel):
 
 
 class DeliveredMessage(WireModel):
-    """What lands in a recipient's inbox."""
+    """What lands in a recipient's inbox. `id` is the server's, time-ordered and unique."""
 
     id: str
     client_id: str | None = None
@@ -82,7 +93,7 @@ ReceiptStatus = Literal["delivered", "read"]
 class ReceiptRequest(WireModel):
     """A recipient's receipt, published to the outbox; the relay routes it to the sender."""
 
-    message_id: str
+    message_id: str = Field(min_length=1, max_length=128)
     to: str
     status: ReceiptStatus
 

@@ -41,7 +41,9 @@ def auth(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
 
 
 @pytest.fixture(scope="session")
-def relay(broker: Broker, auth: AuthService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def relay(
+    broker: Broker, auth: AuthService, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     """One relay for tests that only need messages to flow."""
     process = start_relay(broker, tmp_path_factory.mktemp("relay"))
     try:

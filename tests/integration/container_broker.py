@@ -11,7 +11,7 @@ from typing import Any
 
 from testcontainers.rabbitmq import RabbitMqContainer
 
-from deploy.local_broker import START_TIMEOUT, LocalNode
+from deploy.local_broker import START_TIMEOUT, BrokerError, LocalNode
 from protocol.topology import VHOST
 
 IMAGE = "rabbitmq:3.13"
@@ -28,10 +28,16 @@ class ContainerNode(LocalNode):
         self._write_files()
         # Its readiness check logs in with these: the relay account from definitions.json.
         container = RabbitMqContainer(
-            IMAGE, port=5672, vhost=VHOST, username="relay", password=self.service_passwords["relay"]
+            IMAGE,
+            port=5672,
+            vhost=VHOST,
+            username="relay",
+            password=self.service_passwords["relay"],
         )
         for name in ("rabbitmq.conf", "enabled_plugins", "definitions.json"):
-            container.with_volume_mapping(str(self.data_dir / name), str(CONFIG_IN_CONTAINER / name))
+            container.with_volume_mapping(
+                str(self.data_dir / name), str(CONFIG_IN_CONTAINER / name)
+            )
         container.with_kwargs(extra_hosts={"host.docker.internal": "host-gateway"})
         container.with_bind_ports(5672, self.amqp_port)
         container.start()
@@ -49,6 +55,8 @@ class ContainerNode(LocalNode):
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         exit_code, output = self._container.exec(["rabbitmqctl", *args])
+        if exit_code != 0:
+            raise BrokerError(f"rabbitmqctl {' '.join(args)}: {output.decode().strip()}")
         return str(output.decode())
 
     def _listener(self) -> str:

@@ -9,14 +9,15 @@ a test can SIGKILL them.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import httpx
 import pika
 
 from deploy.local_broker import LocalNode, free_port, service_passwords
+from deploy.processes import ServiceProcess
 from protocol.topology import VHOST
 
 T = TypeVar("T")
@@ -51,13 +53,19 @@ def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 
 
 
 def docker_engine_answers() -> bool:
-    try:
-        import docker
+    # docker-py leaks its unix socket when no engine answers; under `filterwarnings = error`
+    # the ResourceWarning at garbage collection would fail whichever test runs then.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            import docker
 
-        docker.from_env(timeout=2).ping()
-        return True
-    except Exception:
-        return False
+            docker.from_env(timeout=2).ping()
+            return True
+        except Exception:
+            return False
+        finally:
+            gc.collect()
 
 
 @dataclass
@@ -134,55 +142,6 @@ def start_broker(**node_options: Any) -> Broker:
 
 
 @dataclass
-class ServiceProcess:
-    """One service run as `python -m <module> <args>` with its own environment."""
-
-    module: str
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args],
-            env={**os.environ, **self.env},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, no last acks; the crash a reliability test wants."""
-        self.signal(signal.SIGKILL)
-        if self.process is not None:
-            self.process.wait(timeout=10)
-
-    def stop(self, timeout: float = 20) -> int | None:
-        if self.process is None:
-            return None
-        self.signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=10)
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-@dataclass
 class AuthService(ServiceProcess):
     public_port: int = 0
     broker_api_port: int = 0
@@ -234,6 +193,9 @@ def auth_env(broker: Broker, db_path: Path, public_port: int, **overrides: str) 
         "MESSENGER_AUTH_ARGON2_TIME_COST": "1",
         "MESSENGER_AUTH_ARGON2_MEMORY_KIB": "8192",
         "MESSENGER_AUTH_ARGON2_PARALLELISM": "1",
+        # Every test logs in from 127.0.0.1: a per-address limit would let one test's failed
+        # logins lock out the rest. test_auth_ratelimit checks it on an auth service of its own.
+        "MESSENGER_AUTH_LOGIN_FAILURES_PER_ADDRESS": "100000",
     }
     env.update(overrides)
     return env
@@ -253,7 +215,11 @@ def start_auth(broker: Broker, workdir: Path | None = None, **env_overrides: str
         db_path=db_path,
     )
     service.start()
-    service.wait_ready()
+    try:
+        service.wait_ready()
+    except BaseException:  # not ready in time: do not leave it running behind the test run
+        service.stop()
+        raise
     return service
 
 
@@ -267,7 +233,9 @@ def relay_env(broker: Broker, **overrides: str) -> dict[str, str]:
     return env
 
 
-def start_relay(broker: Broker, workdir: Path | None = None, **env_overrides: str) -> ServiceProcess:
+def start_relay(
+    broker: Broker, workdir: Path | None = None, **env_overrides: str
+) -> ServiceProcess:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="messenger-relay-"))
     relay = ServiceProcess(
         module="services.relay",

@@ -1,0 +1,295 @@
+"""`messenger chat USERNAME`: a conversation in the terminal.
+
+Three threads, each owning what it touches: the prompt (prompt_toolkit, main thread), the
+inbox consumer (its own broker connection; stores, shows, receipts, acks) and the sender
+(its own broker connection; sends what the prompt hands it, one at a time, in order).
+`patch_stdout` makes whatever the other two print appear above the line being typed, which
+prompt_toolkit then redraws intact. (prompt_toolkit is imported only when a chat starts: the
+other commands start faster without it.)
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from clients.cli.completion import complete_peer
+from clients.cli.context import cli_of, logged_in
+from clients.cli.conversation import peer_name
+from clients.cli.edge import EXIT_CODES_HELP, error_line
+from clients.cli.output import NameLookup, Painter, clean, message_line, person
+from clients.cli.receiving import Receiver
+from clients.cli.sending import (
+    ANSWER_TIMEOUT,
+    explain_rejection,
+    record_queued,
+    record_sent,
+    validated,
+)
+from clients.library.errors import (
+    BrokerUnreachable,
+    InvalidInput,
+    MessageRejected,
+    MessengerError,
+    NotConfirmed,
+    ServerError,
+    ServerUnreachable,
+)
+from clients.library.history import History, StoredMessage
+from clients.library.messaging import MessengerConnection
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
+app = typer.Typer()
+
+BACKLOG = 20
+RECONNECT_FIRST_DELAY = 1.0
+RECONNECT_MAX_DELAY = 10.0
+QUIT_COMMANDS = {"/quit", "/exit", "/q"}
+HEADER_HINT = "Enter sends · /quit or Ctrl-D leaves"
+HELP_LINE = f"{HEADER_HINT} · ✓ sent: the server accepted it · ✓✓ delivered to their device"
+
+
+class ChatScreen:
+    """Lines above the prompt, from any thread (patch_stdout serialises them)."""
+
+    def __init__(self, me: str, peer: str, names: NameLookup, paint: Painter) -> None:
+        self.me = me
+        self.peer = peer
+        self.names = names
+        self.paint = paint
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def message(self, message: StoredMessage) -> None:
+        line = message_line(message, me=self.me, names=self.names, paint=self.paint)
+        other = message.sender if message.sender != self.me else message.recipient
+        if other != self.peer:
+            line += self.paint(f"  (not this chat; `messenger chat {other}`)", "dim")
+        self.line(line)
+
+    def delivered(self, message: StoredMessage) -> None:
+        if message.recipient != self.peer:
+            return
+        preview = clean(message.text).replace("\n", " ")
+        if len(preview) > 40:
+            preview = preview[:39] + "…"
+        self.line(self.paint(f"        ✓✓ delivered: {preview}", "green"))
+
+    def problem(self, message: str, hint: str | None = None) -> None:
+        self.line(error_line(message, hint, prefix="✗"))
+
+
+class Sender(threading.Thread):
+    """Sends what the prompt queues, in order, on a connection no other thread touches."""
+
+    def __init__(
+        self, connection: MessengerConnection, history: History, screen: ChatScreen
+    ) -> None:
+        super().__init__(name="chat-sender", daemon=True)
+        self._connection = connection
+        self._history = history
+        self._screen = screen
+        self._queue: queue.Queue[str | None] = queue.Queue()
+
+    def submit(self, text: str) -> None:
+        self._queue.put(text)
+
+    def finish(self, timeout: float) -> None:
+        self._queue.put(None)
+        self.join(timeout)
+
+    def run(self) -> None:
+        try:
+            while (text := self._queue.get()) is not None:
+                self._send(text)
+        finally:
+            self._connection.close()
+
+    def _send(self, raw: str) -> None:
+        peer = self._screen.peer
+        try:
+            to, text = validated(peer, raw)
+            answer = self._connection.send(to, text, timeout=ANSWER_TIMEOUT)
+        except MessageRejected as exc:
+            error = explain_rejection(exc, peer, self._screen.names)
+            self._screen.problem(str(error), error.hint)
+        except NotConfirmed as exc:
+            stored = record_queued(self._history, peer, raw, exc.client_id)
+            self._screen.message(stored)
+        except MessengerError as exc:
+            self._screen.problem(f"not sent: {exc}", exc.hint)
+        else:
+            self._screen.message(record_sent(self._history, to, text, answer))
+
+
+class Consumer(threading.Thread):
+    """Consumes the inbox; reconnects when the broker goes away, ends on a refusal."""
+
+    def __init__(
+        self,
+        connection: MessengerConnection,
+        reconnect: Callable[[], MessengerConnection],
+        history: History,
+        screen: ChatScreen,
+        on_failure: Callable[[MessengerError], None],
+    ) -> None:
+        super().__init__(name="chat-consumer", daemon=True)
+        self._connection: MessengerConnection | None = connection
+        self._reconnect = reconnect
+        self._screen = screen
+        self._on_failure = on_failure
+        self._stopping = threading.Event()
+        self._receiver = Receiver(
+            history,
+            show=screen.message,
+            send_receipt=self._send_receipt,
+            on_delivered=screen.delivered,
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            connection.stop()
+
+    def run(self) -> None:
+        delay = RECONNECT_FIRST_DELAY
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if self._connection is None:
+                        self._connection = self._reconnect()
+                        self._screen.line(self._screen.paint("reconnected", "dim"))
+                        delay = RECONNECT_FIRST_DELAY
+                    if self._stopping.is_set():
+                        break
+                    self._connection.consume(self._receiver.on_message, self._receiver.on_receipt)
+                except (BrokerUnreachable, ServerUnreachable, ServerError) as exc:
+                    self._drop_connection()
+                    if self._stopping.is_set():
+                        break
+                    self._screen.problem(f"{exc}", f"reconnecting in {delay:g} s")
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                except MessengerError as exc:
+                    self._on_failure(exc)
+                    break
+        finally:
+            self._drop_connection()
+
+    def _send_receipt(self, message_id: str, sender: str) -> None:
+        assert self._connection is not None  # called from inside consume()
+        self._connection.send_receipt(message_id, sender)
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+
+class ChatPrompt:
+    """The prompt loop; can be ended from another thread."""
+
+    def __init__(self, me: str, paint: Painter) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.formatted_text import ANSI
+
+        prompt = paint(f"{me} › ", "bold", "green")  # noqa: RUF001
+        self._session: PromptSession[str] = PromptSession(
+            ANSI(prompt) if paint.color else prompt, erase_when_done=True
+        )
+        self.failure: MessengerError | None = None
+
+    def read(self) -> str | None:
+        """The next line typed, or None to leave."""
+        if self.failure is not None:
+            return None
+        try:
+            return self._session.prompt(pre_run=self._leave_if_failed)
+        except (EOFError, KeyboardInterrupt):
+            return None
+
+    def _leave_if_failed(self) -> None:
+        """Runs as the prompt starts: covers a failure that came just before it."""
+        if self.failure is not None:
+            self._session.app.exit(exception=EOFError())
+
+    def end(self, failure: MessengerError) -> None:
+        self.failure = failure
+        application = self._session.app
+        loop = getattr(application, "loop", None)
+        if application.is_running and loop is not None:
+            loop.call_soon_threadsafe(lambda: application.exit(exception=EOFError()))
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def chat(
+    ctx: typer.Context,
+    username: Annotated[str, typer.Argument(help="Who to talk to.", autocompletion=complete_peer)],
+) -> None:
+    """Talk with USERNAME: earlier messages first, new ones as they come, Enter sends."""
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    cli = cli_of(ctx)
+    peer = peer_name(username)
+    with logged_in(cli) as (session, history, names):
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise InvalidInput(
+                "chat needs a terminal",
+                hint="in scripts, use `messenger send` and `messenger listen`",
+            )
+        with cli.accounts() as accounts:  # a clear error for a typo, before the screen opens
+            user = accounts.user(peer, token=session.token)
+        names.remember(user.username, user.display_name)
+        meta = cli.meta()
+        paint = Painter.for_stream(sys.stdout)
+        screen = ChatScreen(session.username, peer, names, paint)
+        prompt = ChatPrompt(session.username, paint)
+        for message in history.conversation(peer, BACKLOG):  # history first
+            screen.message(message)
+        title = f"── Chat with {person(peer, user.display_name)} · {HEADER_HINT} ──"
+        screen.line(paint(title, "dim"))
+        receiving = cli.connect(session, meta)
+        try:
+            sending = cli.connect(session, meta)
+        except BaseException:
+            receiving.close()
+            raise
+        # From here on each thread closes its own connection when it ends.
+        consumer = Consumer(
+            receiving, lambda: cli.connect(session), history, screen, on_failure=prompt.end
+        )
+        sender = Sender(sending, history, screen)
+        with patch_stdout(raw=True):
+            consumer.start()
+            sender.start()
+            try:
+                _converse(prompt, sender, screen)
+            finally:
+                sender.finish(timeout=ANSWER_TIMEOUT + 5)
+                consumer.stop()
+                consumer.join(timeout=5)
+        if prompt.failure is not None:
+            raise prompt.failure
+
+
+def _converse(prompt: ChatPrompt, sender: Sender, screen: ChatScreen) -> None:
+    while (line := prompt.read()) is not None:
+        command = line.strip()
+        if command in QUIT_COMMANDS:
+            return
+        if command == "/help":
+            screen.line(screen.paint(HELP_LINE, "dim"))
+        elif command:
+            sender.submit(line)

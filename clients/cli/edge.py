@@ -1,0 +1,111 @@
+"""The edge of the command: exceptions become one line on stderr and an exit code.
+
+Nothing below this module prints an error or picks an exit code for one; everything that
+escapes a command, including a bug, ends here, so no traceback ever reaches a user (set
+MESSENGER_DEBUG=1 to get one on purpose).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import typer
+
+from clients.cli.output import Painter, err
+from clients.library.errors import MessengerError, NotConfirmed
+
+OK = 0
+FAILED = 1
+USAGE = 2
+QUEUED = 3
+INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success · 1 failed, with one line on stderr saying why and what to do ·"
+    " 2 wrong usage · 3 (send) not yet confirmed: the server holds the message and will"
+    " deliver it, do not send it again · 130 interrupted."
+)
+
+
+def exit_code_for(error: MessengerError) -> int:
+    return QUEUED if isinstance(error, NotConfirmed) else FAILED
+
+
+def error_line(message: str, hint: str | None, *, prefix: str = "messenger") -> str:
+    paint = Painter.for_stream(sys.stderr)
+    line = f"{paint(prefix + ':', 'bold', 'red')} {message}"
+    if hint:
+        line += paint(f" — {hint}", "dim") if paint.color else f" — {hint}"
+    return line.replace("\n", " ")
+
+
+def report(error: MessengerError) -> int:
+    """Print `error` as one line; its exit code."""
+    message = str(error)
+    if isinstance(error, NotConfirmed):
+        paint = Painter.for_stream(sys.stderr)
+        err(f"{paint('messenger:', 'bold', 'yellow')} {message} — {error.hint}")
+    else:
+        err(error_line(message, error.hint))
+    return exit_code_for(error)
+
+
+def run(command: typer.Typer, args: Sequence[str], prog_name: str = "messenger") -> int:
+    """Run the typer app like a shell would, and return the exit code instead of raising."""
+    debug = bool(os.environ.get("MESSENGER_DEBUG"))
+    click_command = typer.main.get_command(command)
+    try:
+        result = click_command.main(list(args), prog_name=prog_name, standalone_mode=False)
+    except MessengerError as error:
+        if debug:
+            traceback.print_exc()
+        return report(error)
+    except typer.Exit as exit_:
+        return int(exit_.exit_code)
+    except typer.Abort:
+        err(error_line("cancelled", None))
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return FAILED
+    except typer.TyperException as error:  # usage errors and the like, from click
+        return _usage_error(error)
+    except Exception as error:
+        if debug:
+            traceback.print_exc()
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        err(
+            error_line(
+                f"unexpected error ({type(error).__name__}: {error})",
+                "this is a bug in messenger; run again with MESSENGER_DEBUG=1 for details",
+            )
+        )
+        return FAILED
+    return result if isinstance(result, int) else OK
+
+
+def _usage_error(error: typer.TyperException) -> int:
+    code = int(getattr(error, "exit_code", USAGE))
+    if type(error).__name__ == "NoArgsIsHelpError":  # the help is on screen already
+        return code
+    ctx = getattr(error, "ctx", None)
+    path = ctx.command_path if ctx is not None else "messenger"
+    message = error.format_message()
+    message = message[:1].lower() + message[1:] if message else "wrong usage"
+    err(error_line(message.rstrip("."), f"see `{path} --help`", prefix=path))
+    return code
+
+
+def _silence_stdout() -> None:
+    """The reader went away (`messenger history bob | head`): do not complain at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,1 @@
+"""Helpers that docker compose runs inside the service image (see compose.yaml)."""

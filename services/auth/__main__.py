@@ -1,0 +1,223 @@
+"""`messenger-auth serve | import FILE.json | export`: the auth service's composition root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from protocol import PROTOCOL_VERSION
+from protocol.accounts import Meta
+from services.auth.accounts import Accounts
+from services.auth.broker_api import create_broker_app
+from services.auth.hashing import PasswordHashing
+from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
+from services.auth.inboxes import BrokerInboxes
+from services.auth.public_api import create_public_app
+from services.auth.ratelimit import LoginLimiter
+from services.auth.settings import AuthSettings
+from services.auth.store import Store
+from services.auth.validation import describe_errors
+from services.logs import configure_logging
+
+logger = logging.getLogger("services.auth")
+
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="The Messenger auth service: accounts, sessions, and the broker's access checks.",
+)
+
+
+def _settings() -> AuthSettings:
+    try:
+        return AuthSettings()
+    except ValidationError as exc:
+        reason = describe_errors(exc.errors())
+        typer.echo(f"error: bad MESSENGER_AUTH_* settings: {reason}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _store(settings: AuthSettings) -> Store:
+    try:
+        return Store(settings.db_path)
+    except (OSError, sqlite3.Error) as exc:
+        typer.echo(f"error: cannot open the user store {settings.db_path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def serve() -> None:
+    """Serve the public account API and the broker's auth-backend API until Ctrl-C."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    store = _store(settings)
+    inboxes = BrokerInboxes.from_settings(settings)
+    accounts = Accounts(
+        store=store,
+        hashing=PasswordHashing.from_settings(settings),
+        limiter=LoginLimiter.create(
+            settings.login_failures_per_user,
+            settings.login_failures_per_address,
+            settings.login_failure_window_seconds,
+        ),
+        inboxes=inboxes,
+        token_ttl_seconds=settings.token_ttl_seconds,
+    )
+    meta = Meta(
+        protocol_version=PROTOCOL_VERSION, amqp_url=settings.public_amqp_url, vhost=settings.vhost
+    )
+    public = create_public_app(accounts, meta, settings.max_body_bytes)
+    broker = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
+    servers = [
+        _Server(_config(public, settings.public_host, settings.public_port)),
+        _Server(_config(broker, settings.broker_api_host, settings.broker_api_port)),
+    ]
+    logging.getLogger("uvicorn.access").addFilter(_skip_broker_checks)
+    logger.info(
+        "public API on http://%s:%d, broker auth API on http://%s:%d",
+        settings.public_host,
+        settings.public_port,
+        settings.broker_api_host,
+        settings.broker_api_port,
+    )
+    try:
+        asyncio.run(_serve_all(servers))
+    finally:
+        inboxes.close()
+        store.close()
+    if not all(server.started for server in servers):
+        raise typer.Exit(1)
+    logger.info("stopped")
+
+
+@cli.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help='JSON file {"users": [...]}, or - for stdin')],
+) -> None:
+    """Import users from FILE; report created / present / invalid per entry.
+
+    Exit status: 0 all entries fine, 1 some invalid (the valid ones are imported), 2 the file
+    is unusable or the broker is unreachable."""
+    settings = _settings()
+    configure_logging("WARNING")
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        entries = parse_file(text)
+    except (OSError, UnicodeDecodeError, ImportFileError) as exc:
+        typer.echo(f"error: cannot import {file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    store = _store(settings)
+    inboxes = BrokerInboxes.from_settings(settings)
+    try:
+        results = import_users(entries, store, PasswordHashing.from_settings(settings), inboxes)
+    finally:
+        inboxes.close()
+        store.close()
+    counts = {outcome: 0 for outcome in Outcome}
+    for result in results:
+        counts[result.outcome] += 1
+        typer.echo(result.line())
+    typer.echo(
+        f"{counts[Outcome.CREATED]} created, {counts[Outcome.PRESENT]} already present, "
+        f"{counts[Outcome.INVALID]} invalid"
+    )
+    if counts[Outcome.FAILED]:
+        typer.echo("error: the broker is unreachable; the import stopped there", err=True)
+        raise typer.Exit(2)
+    if counts[Outcome.INVALID]:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def export() -> None:
+    """Write every user as JSON to stdout (password hashes, never passwords)."""
+    settings = _settings()
+    configure_logging("WARNING")
+    store = _store(settings)
+    try:
+        typer.echo(json.dumps(export_users(store), indent=2, ensure_ascii=False))
+    finally:
+        store.close()
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to `_serve_all`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _skip_broker_checks(record: logging.LogRecord) -> bool:
+    """RabbitMQ asks /broker/* several times per connection: too many lines to log each.
+    (Denials are logged by broker_api; the public listener answers /broker/* with 404.)"""
+    args = record.args
+    if isinstance(args, tuple) and len(args) == 5:
+        path, status_code = args[2], args[4]
+        return not (str(path).startswith("/broker/") and status_code == 200)
+    return True
+
+
+def _config(app: object, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        log_config=None,  # our logging (services.logs), not uvicorn's
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+async def _serve_one(server: _Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn's answer to a port in use; it has logged why
+        server.should_exit = True
+
+
+async def _serve_all(servers: list[_Server]) -> None:
+    """Run the servers in this loop; SIGINT/SIGTERM (or one server ending) stops them all."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            if server.should_exit:  # a second signal: do not wait for open connections
+                server.force_exit = True
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.create_task(_serve_one(server)) for server in servers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:  # Ctrl-C before `serve` installs its handler, or in import
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The auth service's exceptions; the HTTP and CLI edges translate them to codes."""
+
+
+class AuthError(Exception):
+    """Anything the account logic refuses or cannot do."""
+
+
+class UsernameTaken(AuthError):
+    """Sign-up with a username that already belongs to somebody."""
+
+
+class UnknownUser(AuthError):
+    """No account of that name."""
+
+
+class InvalidCredentials(AuthError):
+    """Wrong username, password or token. One class for all, so callers cannot tell them apart."""
+
+
+class RateLimited(AuthError):
+    """Too many failed logins lately; try again after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins, retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class BrokerUnavailable(AuthError):
+    """The broker could not be reached to declare an inbox."""

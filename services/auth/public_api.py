@@ -1,0 +1,112 @@
+"""The public account API (published): sign-up, login, logout, user lookup, meta."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import FastAPI, Header, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from protocol.accounts import LoginRequest, Meta, Session, SignupRequest, UserPublic
+from services.auth.accounts import Accounts
+from services.auth.body_limit import BodySizeLimit
+from services.auth.errors import (
+    BrokerUnavailable,
+    InvalidCredentials,
+    RateLimited,
+    UnknownUser,
+    UsernameTaken,
+)
+from services.auth.validation import describe_errors
+
+logger = logging.getLogger(__name__)
+
+WRONG_CREDENTIALS = "wrong username or password"
+
+
+def create_public_app(accounts: Accounts, meta: Meta, max_body_bytes: int = 64 * 1024) -> FastAPI:
+    app = FastAPI(title="Messenger accounts", version=str(meta.protocol_version))
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    _add_error_handlers(app)
+
+    @app.post("/v1/users", status_code=status.HTTP_201_CREATED)
+    def sign_up(body: SignupRequest) -> UserPublic:
+        return accounts.sign_up(body)
+
+    @app.post("/v1/sessions")
+    def log_in(body: LoginRequest, request: Request) -> Session:
+        address = request.client.host if request.client else None
+        return accounts.log_in(body.username, body.password, address)
+
+    @app.delete("/v1/sessions/current", status_code=status.HTTP_204_NO_CONTENT)
+    def log_out(authorization: Annotated[str | None, Header()] = None) -> Response:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InvalidCredentials()
+        accounts.log_out(token.strip())
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.get("/v1/users/{username}")
+    def get_user(username: str) -> UserPublic:
+        return accounts.user(username)
+
+    @app.get("/v1/meta")
+    def get_meta() -> Meta:
+        return meta
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type:
+            detail = "request body must be JSON, sent with Content-Type: application/json"
+        else:
+            detail = describe_errors(exc.errors())
+        return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
+
+    @app.exception_handler(UsernameTaken)
+    async def taken(_: Request, exc: UsernameTaken) -> JSONResponse:
+        return _error(status.HTTP_409_CONFLICT, f"username '{exc}' is taken")
+
+    @app.exception_handler(InvalidCredentials)
+    async def refused(request: Request, _: InvalidCredentials) -> JSONResponse:
+        if request.url.path == "/v1/sessions/current":
+            return _error(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing, expired or revoked session token",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return _error(status.HTTP_401_UNAUTHORIZED, WRONG_CREDENTIALS)
+
+    @app.exception_handler(RateLimited)
+    async def limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return _error(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many failed logins; try again in {exc.retry_after} s",
+            {"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(UnknownUser)
+    async def unknown(_: Request, __: UnknownUser) -> JSONResponse:
+        return _error(status.HTTP_404_NOT_FOUND, "no such user")
+
+    @app.exception_handler(BrokerUnavailable)
+    async def unavailable(_: Request, __: BrokerUnavailable) -> JSONResponse:
+        return _error(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the message broker is unavailable; try again later",
+            {"Retry-After": "5"},
+        )
+
+
+def _error(code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=code, headers=headers)

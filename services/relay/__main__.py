@@ -1,0 +1,38 @@
+"""`messenger-relay`: settings -> worker -> run until SIGTERM/SIGINT."""
+
+import logging
+import signal
+import sys
+from types import FrameType
+
+from pydantic import ValidationError
+
+from services.logs import configure_logging
+from services.relay.settings import RelaySettings
+from services.relay.worker import RelayWorker
+
+logger = logging.getLogger("services.relay")
+
+
+def main() -> int:
+    try:
+        settings = RelaySettings()  # the password comes from the environment
+    except ValidationError as exc:
+        configure_logging()
+        logger.error("invalid relay settings (MESSENGER_RELAY_*): %s", exc)
+        return 2
+    configure_logging(settings.log_level)
+    worker = RelayWorker(settings)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("messenger-relay starting")
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

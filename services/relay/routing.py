@@ -1,0 +1,278 @@
+"""The relay's decisions, free of pika: what to do with one outbox message.
+
+`route()` turns an `Incoming` (the body and the AMQP properties that matter) into one of
+three outcomes, and `answer_for()` turns the broker's verdict on an inbox publish into the
+answer the sender gets. The worker (worker.py) only decodes, calls these, publishes, acks.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from protocol.accounts import is_valid_username
+from protocol.messages import (
+    MAX_BODY_BYTES,
+    DeliveredMessage,
+    ReceiptNotice,
+    ReceiptRequest,
+    RejectReason,
+    RelayAnswer,
+    SendRequest,
+    encode,
+)
+from protocol.topology import (
+    CONTENT_TYPE,
+    REPLY_TO,
+    TYPE_MESSAGE,
+    TYPE_RECEIPT,
+    TYPE_RECEIPT_NOTICE,
+    TYPE_SEND,
+)
+from services.relay.ids import stable_id
+
+MAX_CLIENT_ID_CHARS = 128
+# A client clock further ahead than this is not believed: its message gets a fresh id.
+MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000
+
+
+class RelayError(Exception):
+    """Why an outbox message is not delivered."""
+
+
+class Unparseable(RelayError):
+    """Cannot be read at all: dead-lettered, never answered."""
+
+
+class InvalidMessage(RelayError):
+    """Read, but breaks the rules: answered `rejected`/`invalid` with what was wrong."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One outbox delivery as the relay sees it."""
+
+    body: bytes
+    user_id: str | None
+    content_type: str | None
+    type: str | None
+    message_id: str | None
+    reply_to: str | None
+    client_ms: int | None = None  # the SENT_MS_HEADER, when the client sent one
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A RelayAnswer for the sender's direct reply-to."""
+
+    reply_to: str
+    body: RelayAnswer
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Publish `body` to `recipient`'s inbox (mandatory, persistent, confirmed), then answer."""
+
+    recipient: str
+    message_id: str
+    type: str
+    body: bytes
+    client_id: str | None
+    reply_to: str | None
+    sent_at: datetime
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Nothing to publish to an inbox: answer (if the sender can be answered) and ack."""
+
+    answer: Answer | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Reject without requeue, so the broker moves it to relay.dead."""
+
+    reason: str
+
+
+Outcome = Deliver | Reply | DeadLetter
+
+
+class Verdict(enum.Enum):
+    """What the broker said about an inbox publish."""
+
+    CONFIRMED = "confirmed"  # basic.ack, not returned: in the recipient's inbox
+    RETURNED = "returned"  # basic.return: no inbox bound for that name, no such user
+    NACKED = "nacked"  # basic.nack: the inbox's length limit rejected it
+
+
+def route(incoming: Incoming, *, now: datetime, new_id: str) -> Outcome:
+    """Decide what one outbox message becomes. Never raises.
+
+    `new_id` is a fresh time-ordered id, used when the client gave no id and send time to
+    derive a stable one from (see ids.stable_id).
+    """
+    try:
+        sender = _sender(incoming)
+        kind = incoming.type or TYPE_SEND
+        if kind == TYPE_SEND:
+            return _send(incoming, sender, now, new_id)
+        if kind == TYPE_RECEIPT:
+            return _receipt(incoming, sender, now, new_id)
+        raise Unparseable(f"unknown message type {kind!r}")
+    except Unparseable as exc:
+        return DeadLetter(str(exc))
+    except InvalidMessage as exc:
+        return Reply(_answer(incoming, "rejected", reason="invalid", detail=str(exc)))
+
+
+def answer_for(deliver: Deliver, verdict: Verdict) -> Answer | None:
+    """The sender's answer once the broker has judged the inbox publish."""
+    if deliver.reply_to is None:
+        return None
+    if verdict is Verdict.CONFIRMED:
+        body = RelayAnswer(
+            status="accepted",
+            client_id=deliver.client_id,
+            id=deliver.message_id,
+            sent_at=deliver.sent_at,
+        )
+    elif verdict is Verdict.RETURNED:
+        body = RelayAnswer(
+            status="rejected",
+            client_id=deliver.client_id,
+            reason="unknown_recipient",
+            detail=f"there is no user named {deliver.recipient!r}",
+        )
+    else:
+        body = RelayAnswer(
+            status="rejected",
+            client_id=deliver.client_id,
+            reason="inbox_full",
+            detail=f"the inbox of {deliver.recipient!r} is full; try again later",
+        )
+    return Answer(deliver.reply_to, body)
+
+
+# -- internals ----------------------------------------------------------------------------
+
+
+def _sender(incoming: Incoming) -> str:
+    if len(incoming.body) > MAX_BODY_BYTES:
+        raise Unparseable(f"body of {len(incoming.body)} bytes exceeds {MAX_BODY_BYTES}")
+    if incoming.content_type != CONTENT_TYPE:
+        raise Unparseable(f"content type {incoming.content_type!r} is not {CONTENT_TYPE}")
+    if not incoming.user_id:
+        raise Unparseable("no user_id: the sender is unknown")
+    if not is_valid_username(incoming.user_id):
+        raise Unparseable(f"user_id {incoming.user_id!r} is not a user")
+    return incoming.user_id
+
+
+def _parse(body: bytes) -> dict[str, object]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Unparseable(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage("body must be a JSON object")
+    return data
+
+
+def _send(incoming: Incoming, sender: str, now: datetime, new_id: str) -> Deliver:
+    try:
+        request = SendRequest.model_validate(_parse(incoming.body))
+    except ValidationError as exc:
+        raise InvalidMessage(_describe(exc)) from None
+    client_id = _client_id(incoming)
+    new_id = _server_id(incoming, sender, client_id, now, new_id)
+    message = DeliveredMessage(
+        id=new_id,
+        client_id=client_id,
+        sender=sender,
+        to=request.to,
+        text=request.text,
+        sent_at=now,
+    )
+    return Deliver(
+        recipient=request.to,
+        message_id=new_id,
+        type=TYPE_MESSAGE,
+        body=encode(message),
+        client_id=client_id,
+        reply_to=_reply_to(incoming),
+        sent_at=now,
+    )
+
+
+def _receipt(incoming: Incoming, sender: str, now: datetime, new_id: str) -> Outcome:
+    try:
+        request = ReceiptRequest.model_validate(_parse(incoming.body))
+    except ValidationError as exc:
+        raise InvalidMessage(_describe(exc)) from None
+    new_id = _server_id(incoming, sender, _client_id(incoming), now, new_id)
+    notice = ReceiptNotice(
+        message_id=request.message_id, reader=sender, status=request.status, at=now
+    )
+    # Receipts are not answered: the recipient's client sends them and moves on.
+    return Deliver(
+        recipient=request.to,
+        message_id=new_id,
+        type=TYPE_RECEIPT_NOTICE,
+        body=encode(notice),
+        client_id=None,
+        reply_to=None,
+        sent_at=now,
+    )
+
+
+def _client_id(incoming: Incoming) -> str | None:
+    if incoming.message_id is None:
+        return None
+    return incoming.message_id[:MAX_CLIENT_ID_CHARS]
+
+
+def _server_id(
+    incoming: Incoming, sender: str, client_id: str | None, now: datetime, fresh_id: str
+) -> str:
+    """Stable across redeliveries when the client gave an id and a believable send time."""
+    client_ms = incoming.client_ms
+    if client_id is None or client_ms is None or isinstance(client_ms, bool):
+        return fresh_id
+    if not 0 < client_ms <= now.timestamp() * 1000 + MAX_CLOCK_AHEAD_MS:
+        return fresh_id
+    return stable_id(sender, client_id, client_ms)
+
+
+def _reply_to(incoming: Incoming) -> str | None:
+    """Only a direct reply-to is answered: any other name would let a sender make the relay
+    write into a queue of its choosing through the default exchange."""
+    reply_to = incoming.reply_to
+    if reply_to and reply_to.startswith(REPLY_TO + ".") and len(reply_to) < 512:
+        return reply_to
+    return None
+
+
+def _answer(incoming: Incoming, status: str, *, reason: RejectReason, detail: str) -> Answer | None:
+    reply_to = _reply_to(incoming)
+    if reply_to is None:
+        return None
+    body = RelayAnswer.model_validate(
+        {"status": status, "client_id": _client_id(incoming), "reason": reason, "detail": detail}
+    )
+    return Answer(reply_to, body)
+
+
+def _describe(exc: ValidationError) -> str:
+    """`to: username must be lowercase; text: text must not be empty`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,481 @@
+"""The relay's pika plumbing: consume the outbox shards, publish to inboxes, answer, ack.
+
+Why pika's asynchronous `SelectConnection` and not `BlockingConnection`: a blocking channel
+in confirm mode waits for each publish's confirm before the next one, so one relay would
+move one message per broker fsync round trip. Here every inbox publish is tracked by its
+confirm sequence number; thousands are outstanding at once (bounded by the prefetch of the
+four shard consumers) and each outbox message is acked the moment its own inbox publish is
+confirmed, returned or nacked, and its sender answered. One thread, one connection, one
+channel: per-sender order holds because a shard's messages are published in the order they
+were consumed, and the broker keeps that order into the inbox queue.
+
+Decisions live in routing.py; this module only decodes, calls them, publishes and acks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pika
+import pika.channel
+import pika.exceptions
+import pika.frame
+import pika.spec
+from pika.adapters.select_connection import SelectConnection
+
+from protocol import PROTOCOL_VERSION
+from protocol.messages import PROTOCOL_HEADER, SENT_MS_HEADER, encode
+from protocol.pika_io import coalesce_pika_writes, describe_pika_error
+from protocol.topology import CONTENT_TYPE, INBOX_EXCHANGE, OUTBOX_QUEUES, TYPE_ANSWER
+from services.relay.ids import IdGenerator
+from services.relay.routing import (
+    Answer,
+    DeadLetter,
+    Deliver,
+    Incoming,
+    Reply,
+    Verdict,
+    answer_for,
+    route,
+)
+from services.relay.settings import RelaySettings
+
+logger = logging.getLogger(__name__)
+
+# An auth refusal is not retried forever: a wrong password does not fix itself. A few tries
+# cover a broker that accepts connections a moment before its definitions are loaded.
+MAX_AUTH_REFUSALS = 5
+# Reconnect attempts logged as warnings before they become errors.
+ESCALATE_AFTER_ATTEMPTS = 10
+STATS_INTERVAL_SECONDS = 30.0
+_HEADERS = {PROTOCOL_HEADER: PROTOCOL_VERSION}
+
+
+class Backoff:
+    """Capped exponential delays: 0.5, 1, 2, 4 ... up to `maximum`; `reset()` once healthy."""
+
+    def __init__(self, maximum: float, first: float = 0.5) -> None:
+        self.maximum = maximum
+        self.first = first
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay: float = min(self.maximum, self.first * 2.0**self.attempt)
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class Stats:
+    relayed: int = 0
+    receipts: int = 0
+    unknown_recipient: int = 0
+    inbox_full: int = 0
+    invalid: int = 0
+    dead_lettered: int = 0
+
+    def line(self) -> str:
+        return ", ".join(f"{name} {value}" for name, value in vars(self).items())
+
+
+class _Pending:
+    """An inbox publish awaiting the broker's confirm, and the outbox message it came from."""
+
+    __slots__ = ("deliver", "outbox_tag", "returned")
+
+    def __init__(self, deliver: Deliver, outbox_tag: int) -> None:
+        self.deliver = deliver
+        self.outbox_tag = outbox_tag
+        self.returned = False
+
+
+class RelayWorker:
+    """Runs until `request_stop()`; reconnects with capped backoff when the broker goes."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ids: IdGenerator | None = None,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._ids = ids or IdGenerator()
+        self._backoff = Backoff(settings.reconnect_max_delay_seconds)
+        self.stats = Stats()
+        self._stop_requested = threading.Event()
+        self._auth_refusals = 0
+        self._failed = False
+        self._failure = ""
+        self._connection: SelectConnection | None = None
+        self._reset_channel_state()
+        coalesce_pika_writes()
+
+    # -- public ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped. 0 after a clean stop, 1 when the broker keeps refusing us."""
+        attempt = 0
+        while not self._stop_requested.is_set():
+            attempt += 1
+            self._failure = "the broker closed the connection"
+            self._connection = SelectConnection(
+                parameters=self._parameters(),
+                on_open_callback=self._on_connection_open,
+                on_open_error_callback=self._on_connection_open_error,
+                on_close_callback=self._on_connection_closed,
+            )
+            self._connection.ioloop.start()
+            self._connection.ioloop.close()
+            self._connection = None
+            if self._failed:
+                return 1
+            if self._stop_requested.is_set():
+                break
+            delay = self._backoff.next_delay()
+            level = (
+                logging.ERROR
+                if self._backoff.attempt > ESCALATE_AFTER_ATTEMPTS
+                else logging.WARNING
+            )
+            logger.log(level, "%s; reconnecting to the broker in %.1f s (attempt %d)",
+                       self._failure, delay, attempt + 1)  # fmt: skip
+            self._sleep(delay)
+        logger.info("relay stopped (%s)", self.stats.line())
+        return 0
+
+    def request_stop(self) -> None:
+        """Thread- and signal-safe: stop consuming, finish what is in flight, close."""
+        self._stop_requested.set()
+        connection = self._connection
+        if connection is not None:
+            connection.ioloop.add_callback_threadsafe(self._begin_shutdown)
+
+    # -- connection and channel ------------------------------------------------------------
+
+    def _parameters(self) -> pika.ConnectionParameters:
+        s = self._settings
+        return pika.ConnectionParameters(
+            host=s.amqp_host,
+            port=s.amqp_port,
+            virtual_host=s.vhost,
+            credentials=pika.PlainCredentials(s.amqp_user, s.amqp_password.get_secret_value()),
+            heartbeat=30,
+            connection_attempts=1,
+            socket_timeout=5,
+            client_properties={"connection_name": f"messenger-relay pid {os.getpid()}"},
+        )
+
+    def _reset_channel_state(self) -> None:
+        self._channel: pika.channel.Channel | None = None
+        self._publish_seq = 0
+        self._pending: dict[int, _Pending] = {}
+        # server id -> sequence numbers in flight (one, unless a client reused its id)
+        self._by_message_id: dict[str, list[int]] = {}
+        self._consumer_tags: set[str] = set()
+        self._consuming = 0
+        self._shutting_down = False
+
+    def _on_connection_open(self, connection: pika.connection.Connection) -> None:
+        logger.info(
+            "connected to the broker at %s:%d", self._settings.amqp_host, self._settings.amqp_port
+        )
+        self._auth_refusals = 0
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_open_error(
+        self, connection: pika.connection.Connection, error: BaseException | str
+    ) -> None:
+        where = f"{self._settings.amqp_host}:{self._settings.amqp_port}"
+        if isinstance(
+            error,
+            pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
+        ):
+            self._auth_refusals += 1
+            logger.error(
+                "the broker at %s refused the relay's login (%d of %d): check "
+                "MESSENGER_RELAY_AMQP_USER/PASSWORD and the vhost",
+                where,
+                self._auth_refusals,
+                MAX_AUTH_REFUSALS,
+            )
+            if self._auth_refusals >= MAX_AUTH_REFUSALS:
+                self._failed = True
+        self._failure = f"cannot reach the broker at {where} ({_reason(error)})"
+        self._stop_ioloop()
+
+    def _on_connection_closed(
+        self, connection: pika.connection.Connection, reason: BaseException
+    ) -> None:
+        in_flight = len(self._pending)
+        self._reset_channel_state()
+        if self._stop_requested.is_set():
+            logger.info("connection closed")
+        else:
+            self._failure = (
+                f"lost the broker connection ({_reason(reason)}; the broker redelivers the "
+                f"{in_flight} messages that were in flight)"
+            )
+        self._stop_ioloop()
+
+    def _stop_ioloop(self) -> None:
+        if self._connection is not None:
+            self._connection.ioloop.stop()
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.add_on_cancel_callback(self._on_consumer_cancelled)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_mode)
+
+    def _on_confirm_mode(self, _frame: pika.frame.Method) -> None:
+        assert self._channel is not None
+        self._channel.basic_qos(prefetch_count=self._settings.prefetch, callback=self._on_qos)
+
+    def _on_qos(self, _frame: pika.frame.Method) -> None:
+        assert self._channel is not None
+        if self._stop_requested.is_set():
+            self._begin_shutdown()
+            return
+        for queue in OUTBOX_QUEUES:
+            tag = self._channel.basic_consume(queue, self._on_message, callback=self._on_consume_ok)
+            self._consumer_tags.add(tag)
+
+    def _on_consume_ok(self, frame: pika.frame.Method) -> None:
+        self._consuming += 1
+        if self._consuming == len(OUTBOX_QUEUES):
+            logger.info(
+                "consuming %s (prefetch %d each)", ", ".join(OUTBOX_QUEUES), self._settings.prefetch
+            )
+            self._backoff.reset()
+            if self._connection is not None:
+                self._connection.ioloop.call_later(STATS_INTERVAL_SECONDS, self._log_stats)
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        if not self._stop_requested.is_set():
+            logger.error("the broker closed the relay's channel: %s; reconnecting", _reason(reason))
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+
+    def _on_consumer_cancelled(self, frame: pika.frame.Method) -> None:
+        logger.error("the broker cancelled a consumer (%s); reconnecting", frame.method)
+        if self._channel is not None and self._channel.is_open:
+            self._channel.close()
+
+    # -- the work --------------------------------------------------------------------------
+
+    def _on_message(
+        self,
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Deliver,
+        props: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        incoming = Incoming(
+            body=body,
+            user_id=props.user_id,
+            content_type=props.content_type,
+            type=props.type,
+            message_id=props.message_id,
+            reply_to=props.reply_to,
+            client_ms=_header_int(props.headers, SENT_MS_HEADER),
+        )
+        outcome = route(incoming, now=self._clock(), new_id=self._ids.next_id())
+        tag = method.delivery_tag
+        if isinstance(outcome, Deliver):
+            seq = self._publish(
+                INBOX_EXCHANGE,
+                outcome.recipient,
+                outcome.body,
+                pika.BasicProperties(
+                    content_type=CONTENT_TYPE,
+                    delivery_mode=pika.DeliveryMode.Persistent,
+                    message_id=outcome.message_id,
+                    type=outcome.type,
+                    timestamp=int(outcome.sent_at.timestamp()),
+                    headers=_HEADERS,
+                ),
+                mandatory=True,
+            )
+            self._pending[seq] = _Pending(outcome, tag)
+            self._by_message_id.setdefault(outcome.message_id, []).append(seq)
+        elif isinstance(outcome, Reply):
+            self.stats.invalid += 1
+            logger.info(
+                "rejected an invalid message from %s: %s",
+                props.user_id,
+                outcome.answer.body.detail if outcome.answer else "(no reply-to)",
+            )
+            if outcome.answer is not None:
+                self._answer(outcome.answer)
+            channel.basic_ack(tag)
+        elif isinstance(outcome, DeadLetter):
+            self.stats.dead_lettered += 1
+            logger.warning(
+                "dead-lettered an outbox message from %s: %s (%d dead-lettered so far)",
+                props.user_id or "nobody",
+                outcome.reason,
+                self.stats.dead_lettered,
+            )
+            channel.basic_reject(tag, requeue=False)
+
+    def _on_return(
+        self,
+        channel: pika.channel.Channel,
+        method: pika.spec.Basic.Return,
+        props: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        # The broker returns an unroutable mandatory message just before it confirms it,
+        # in publish order.
+        for seq in self._by_message_id.get(props.message_id or "", ()):
+            if not self._pending[seq].returned:
+                self._pending[seq].returned = True
+                break
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        base = Verdict.CONFIRMED if isinstance(method, pika.spec.Basic.Ack) else Verdict.NACKED
+        last = method.delivery_tag
+        if method.multiple:
+            done = []
+            for seq in self._pending:  # insertion order is sequence order
+                if seq > last:
+                    break
+                done.append(seq)
+        else:
+            done = [last] if last in self._pending else []
+        for seq in done:
+            pending = self._pending.pop(seq)
+            self._forget(pending.deliver.message_id, seq)
+            self._settle(pending, Verdict.RETURNED if pending.returned else base)
+        if self._shutting_down:
+            self._maybe_finish_shutdown()
+
+    def _forget(self, message_id: str, seq: int) -> None:
+        seqs = self._by_message_id.get(message_id)
+        if seqs is not None:
+            seqs.remove(seq)
+            if not seqs:
+                del self._by_message_id[message_id]
+
+    def _settle(self, pending: _Pending, verdict: Verdict) -> None:
+        deliver = pending.deliver
+        if verdict is Verdict.CONFIRMED:
+            if deliver.reply_to is None and deliver.client_id is None:
+                self.stats.receipts += 1
+            else:
+                self.stats.relayed += 1
+        elif verdict is Verdict.RETURNED:
+            self.stats.unknown_recipient += 1
+            logger.info(
+                "no inbox for %r: message %s not delivered", deliver.recipient, deliver.message_id
+            )
+        else:
+            self.stats.inbox_full += 1
+            logger.warning(
+                "inbox of %r is full: message %s refused", deliver.recipient, deliver.message_id
+            )
+        answer = answer_for(deliver, verdict)
+        if answer is not None:
+            self._answer(answer)
+        assert self._channel is not None
+        self._channel.basic_ack(pending.outbox_tag)
+
+    def _answer(self, answer: Answer) -> None:
+        """Transient and unconfirmed: a lost answer leaves the client `NotConfirmed`, no more."""
+        self._publish(
+            "",
+            answer.reply_to,
+            encode(answer.body),
+            pika.BasicProperties(
+                content_type=CONTENT_TYPE,
+                delivery_mode=pika.DeliveryMode.Transient,
+                correlation_id=answer.body.client_id,
+                type=TYPE_ANSWER,
+                headers=_HEADERS,
+            ),
+            mandatory=False,
+        )
+
+    def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: pika.BasicProperties,
+        *,
+        mandatory: bool,
+    ) -> int:
+        assert self._channel is not None
+        self._channel.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
+        self._publish_seq += 1
+        return self._publish_seq
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _begin_shutdown(self) -> None:
+        connection = self._connection
+        if connection is None or self._shutting_down:
+            return
+        self._shutting_down = True
+        if not connection.is_open or self._channel is None or not self._channel.is_open:
+            if connection.is_open:
+                connection.close()
+            else:
+                self._stop_ioloop()
+            return
+        logger.info("stopping: no new messages; finishing %d in flight", len(self._pending))
+        for tag in list(self._consumer_tags):
+            self._channel.basic_cancel(tag, callback=self._on_cancel_ok)
+        connection.ioloop.call_later(self._settings.shutdown_grace_seconds, self._close)
+
+    def _on_cancel_ok(self, frame: pika.frame.Method) -> None:
+        self._consumer_tags.discard(frame.method.consumer_tag)
+        self._maybe_finish_shutdown()
+
+    def _maybe_finish_shutdown(self) -> None:
+        if not self._consumer_tags and not self._pending:
+            self._close()
+
+    def _close(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            if self._pending:
+                logger.warning(
+                    "closing with %d unconfirmed messages; the broker will redeliver them",
+                    len(self._pending),
+                )
+            connection.close()
+
+    def _log_stats(self) -> None:
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        logger.info("relay totals: %s", self.stats.line())
+        connection.ioloop.call_later(STATS_INTERVAL_SECONDS, self._log_stats)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested.is_set() and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def _header_int(headers: dict[str, object] | None, name: str) -> int | None:
+    value = headers.get(name) if headers else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_reason = describe_pika_error

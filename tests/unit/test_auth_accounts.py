@@ -1,0 +1,178 @@
+"""Account logic (sign-up, login, logout, broker login) on a real SQLite store, fake broker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from protocol.accounts import SignupRequest
+from services.auth.accounts import Accounts
+from services.auth.errors import (
+    BrokerUnavailable,
+    InvalidCredentials,
+    RateLimited,
+    UnknownUser,
+    UsernameTaken,
+)
+from services.auth.hashing import PasswordHashing
+from services.auth.ratelimit import LoginLimiter
+from services.auth.store import Store
+from services.auth.tokens import new_token, token_hash
+
+PASSWORD = "correct horse battery"
+
+
+class FakeInboxes:
+    def __init__(self) -> None:
+        self.declared: list[str] = []
+        self.down = False
+
+    def declare(self, username: str) -> None:
+        if self.down:
+            raise BrokerUnavailable("down")
+        self.declared.append(username)
+
+
+def cheap_hashing(time_cost: int = 1) -> PasswordHashing:
+    return PasswordHashing(time_cost=time_cost, memory_kib=1024, parallelism=1)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "users.sqlite3")
+
+
+@pytest.fixture
+def inboxes() -> FakeInboxes:
+    return FakeInboxes()
+
+
+@pytest.fixture
+def accounts(store, inboxes) -> Accounts:
+    limiter = LoginLimiter.create(per_user=3, per_address=5, window_seconds=60)
+    return Accounts(store, cheap_hashing(), limiter, inboxes, token_ttl_seconds=3600)
+
+
+def sign_up(accounts: Accounts, username: str = "alice") -> None:
+    accounts.sign_up(
+        SignupRequest(username=username, display_name=username.title(), password=PASSWORD)
+    )
+
+
+def test_sign_up_stores_a_hash_and_declares_the_inbox(accounts, store, inboxes):
+    sign_up(accounts)
+    record = store.get_user("alice")
+    assert record is not None
+    assert record.password_hash.startswith("$argon2id$")
+    assert PASSWORD not in record.password_hash
+    assert inboxes.declared == ["alice"]
+
+
+def test_sign_up_of_a_taken_name_is_refused(accounts):
+    sign_up(accounts)
+    with pytest.raises(UsernameTaken):
+        sign_up(accounts)
+
+
+def test_sign_up_while_the_broker_is_down_leaves_no_user_behind(accounts, store, inboxes):
+    inboxes.down = True
+    with pytest.raises(BrokerUnavailable):
+        sign_up(accounts)
+    assert store.get_user("alice") is None
+    inboxes.down = False
+    sign_up(accounts)  # and the name is still free
+    assert store.get_user("alice") is not None
+
+
+def test_login_returns_a_token_stored_only_as_its_hash(accounts, store):
+    sign_up(accounts)
+    session = accounts.log_in("alice", PASSWORD, "10.0.0.1")
+    assert store.session_user(token_hash(session.token), time.time()) == "alice"
+    assert store.session_user(session.token, time.time()) is None
+    assert session.expires_at.timestamp() == pytest.approx(time.time() + 3600, abs=5)
+
+
+def test_unknown_user_and_wrong_password_are_the_same_refusal(accounts):
+    sign_up(accounts)
+    with pytest.raises(InvalidCredentials) as wrong:
+        accounts.log_in("alice", "wrong password", "10.0.0.1")
+    with pytest.raises(InvalidCredentials) as unknown:
+        accounts.log_in("nobody", PASSWORD, "10.0.0.1")
+    assert str(wrong.value) == str(unknown.value)
+
+
+def test_while_rate_limited_even_the_right_password_is_refused(accounts):
+    sign_up(accounts)
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            accounts.log_in("alice", "wrong password", "10.0.0.1")
+    with pytest.raises(RateLimited) as limited:
+        accounts.log_in("alice", PASSWORD, "10.0.0.2")
+    assert limited.value.retry_after >= 1
+
+
+def test_failed_broker_logins_count_toward_the_login_limit(accounts):
+    sign_up(accounts)
+    for _ in range(3):
+        assert not accounts.broker_login("alice", "wrong password")
+    with pytest.raises(RateLimited):
+        accounts.log_in("alice", PASSWORD, "10.0.0.1")
+    assert not accounts.broker_login("alice", PASSWORD)
+
+
+def test_a_live_token_still_opens_the_broker_while_passwords_are_limited(accounts):
+    sign_up(accounts)
+    token = accounts.log_in("alice", PASSWORD, "10.0.0.1").token
+    for _ in range(3):
+        accounts.broker_login("alice", "wrong password")
+    assert accounts.broker_login("alice", token)
+
+
+def test_broker_login_accepts_the_password_or_an_own_live_token(accounts):
+    sign_up(accounts)
+    sign_up(accounts, "bob")
+    token = accounts.log_in("alice", PASSWORD, "10.0.0.1").token
+    assert accounts.broker_login("alice", PASSWORD)
+    assert accounts.broker_login("alice", token)
+    assert not accounts.broker_login("bob", token)  # alice's token is not bob's
+
+
+def test_broker_login_refuses_reserved_and_unknown_names(accounts):
+    for name in ("guest", "relay", "auth", "admin", "system", "nobody", "Alice"):
+        assert not accounts.broker_login(name, PASSWORD)
+
+
+def test_an_expired_token_is_refused(accounts, store):
+    sign_up(accounts)
+    token = new_token()
+    store.add_session(token_hash(token), "alice", time.time() - 1)
+    assert not accounts.broker_login("alice", token)
+    assert accounts.session_user(token) is None
+
+
+def test_logout_revokes_the_token(accounts):
+    sign_up(accounts)
+    token = accounts.log_in("alice", PASSWORD, "10.0.0.1").token
+    accounts.log_out(token)
+    assert not accounts.broker_login("alice", token)
+    with pytest.raises(InvalidCredentials):
+        accounts.log_out(token)
+
+
+def test_a_hash_with_old_parameters_is_upgraded_at_the_next_login(store, inboxes):
+    old = Accounts(store, cheap_hashing(1), LoginLimiter.create(3, 5, 60), inboxes, 3600)
+    sign_up(old)
+    old_hash = store.get_user("alice").password_hash
+    new = Accounts(store, cheap_hashing(2), LoginLimiter.create(3, 5, 60), inboxes, 3600)
+    new.log_in("alice", PASSWORD, None)
+    upgraded = store.get_user("alice").password_hash
+    assert upgraded != old_hash
+    assert ",t=2," in upgraded
+    new.log_in("alice", PASSWORD, None)  # and the upgraded hash verifies
+    assert store.get_user("alice").password_hash == upgraded
+
+
+def test_looking_up_an_unknown_user_raises(accounts):
+    with pytest.raises(UnknownUser):
+        accounts.user("nobody")

@@ -1,0 +1,99 @@
+"""The local history: one row per message id, status of what was sent, names cache."""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from clients.library.history import History
+from protocol.messages import DeliveredMessage
+
+T0 = datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
+
+
+def delivered(
+    message_id: str, sender: str = "bob", to: str = "alice", text: str = "hi", at: datetime = T0
+) -> DeliveredMessage:
+    # Through JSON, as it arrives from the broker.
+    body = {
+        "id": message_id,
+        "client_id": "c-" + message_id,
+        "from": sender,
+        "to": to,
+        "text": text,
+        "sent_at": at.isoformat(),
+    }
+    return DeliveredMessage.model_validate_json(
+        DeliveredMessage.model_validate(body).model_dump_json(by_alias=True)
+    )
+
+
+@pytest.fixture
+def history(tmp_path: Path):
+    with History(tmp_path / "h" / "history.sqlite3", "alice") as db:
+        yield db
+
+
+def test_a_redelivered_message_is_stored_once(history: History):
+    first = history.store_received(delivered("m1"))
+    again = history.store_received(delivered("m1"))
+    assert first == again
+    assert [m.id for m in history.conversation("bob")] == ["m1"]
+
+
+def test_shown_is_remembered_across_redeliveries(history: History):
+    history.store_received(delivered("m1"))
+    history.mark_shown("m1")
+    assert history.store_received(delivered("m1")).shown
+
+
+def test_the_conversation_is_both_directions_oldest_first(history: History):
+    history.store_received(delivered("m2", at=T0 + timedelta(seconds=2)))
+    history.store_sent("m1", to="bob", text="hello", sent_at=T0 + timedelta(seconds=1))
+    history.store_received(delivered("m3", sender="carol", at=T0 + timedelta(seconds=3)))
+    history.store_received(delivered("m0", at=T0 - timedelta(hours=1)))
+    assert [m.id for m in history.conversation("bob")] == ["m0", "m1", "m2"]
+    assert [m.id for m in history.conversation("bob", limit=2)] == ["m1", "m2"]
+    assert history.peers() == ["carol", "bob"]
+
+
+def test_a_receipt_marks_a_sent_message_delivered(history: History):
+    history.store_sent("m1", to="bob", text="hello", sent_at=T0)
+    updated = history.mark_delivered("m1")
+    assert updated is not None and updated.status == "delivered"
+    assert history.mark_delivered("m1") is None  # only once
+
+
+def test_a_receipt_that_overtakes_the_send_record_is_kept(history: History):
+    assert history.mark_delivered("m1") is None
+    assert history.store_sent("m1", to="bob", text="hello", sent_at=T0).status == "delivered"
+
+
+def test_a_receipt_never_changes_a_received_message(history: History):
+    history.store_received(delivered("m1"))
+    assert history.mark_delivered("m1") is None
+    assert history.conversation("bob")[0].status == "received"
+
+
+def test_json_has_the_pinned_keys(history: History):
+    stored = history.store_received(delivered("m1", text="héllo"))
+    payload = stored.to_json()
+    assert {"id", "from", "to", "text", "sent_at"} <= payload.keys()
+    assert payload["from"] == "bob" and payload["text"] == "héllo"
+    assert datetime.fromisoformat(str(payload["sent_at"])) == T0
+
+
+def test_display_names_are_cached_with_an_age(history: History):
+    assert history.cached_display_name("bob") is None
+    history.remember_display_name("bob", "Bob Marley")
+    assert history.cached_display_name("bob") == "Bob Marley"
+    assert history.cached_display_name("bob", max_age=timedelta(seconds=-1)) is None
+    assert history.any_display_name("bob") == "Bob Marley"
+
+
+def test_the_database_is_private(history: History):
+    assert stat.S_IMODE(history.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(history.path.parent.stat().st_mode) == 0o700

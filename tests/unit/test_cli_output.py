@@ -1,0 +1,75 @@
+"""What reaches the terminal: colour rules, safe text, names, local times."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+from clients.cli.output import Painter, clean, local_time, message_line, person, wants_color
+from clients.library.history import Status, StoredMessage
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_on_a_terminal_without_no_color():
+    assert wants_color(Tty(), {"TERM": "xterm"})
+    assert not wants_color(io.StringIO(), {"TERM": "xterm"})
+    assert not wants_color(Tty(), {"TERM": "xterm", "NO_COLOR": "1"})
+    assert not wants_color(Tty(), {"TERM": "dumb"})
+
+
+def test_a_painter_without_colour_leaves_text_alone():
+    assert Painter(False)("x", "bold", "red") == "x"
+    assert Painter(True)("x", "bold", "red") == "\x1b[1;31mx\x1b[0m"
+
+
+def test_escape_sequences_from_other_people_never_reach_the_terminal():
+    assert clean("hi\x1b[2Jthere\nnext\tcol\u202e") == "hi\ufffd[2Jthere\nnext\tcol\ufffd"
+
+
+def test_names_show_the_display_name_next_to_the_username():
+    assert person("bob", "Bob Marley") == "Bob Marley (bob)"
+    assert person("bob", None) == "bob"
+    assert person("bob", "bob") == "bob"
+
+
+def test_times_are_local_and_short_for_today():
+    now = datetime.now(UTC)
+    assert local_time(now) == now.astimezone().strftime("%H:%M")
+    long_ago = now - timedelta(days=400)
+    assert local_time(long_ago) == long_ago.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def stored(sender: str, text: str, status: Status = "received") -> StoredMessage:
+    return StoredMessage(
+        id="m1",
+        client_id=None,
+        sender=sender,
+        recipient="x",
+        text=text,
+        sent_at=datetime.now(UTC),
+        status=status,
+        shown=False,
+    )
+
+
+def test_a_message_line_has_time_name_text_and_the_status_of_mine():
+    names = {"bob": "Bob Marley", "alice": "Alice"}.get
+    line = message_line(stored("bob", "hello"), me="alice", names=names, paint=Painter(False))
+    assert line.endswith("] Bob Marley (bob): hello")
+    mine = message_line(
+        stored("alice", "yo", "delivered"), me="alice", names=names, paint=Painter(False)
+    )
+    assert mine.endswith("Alice (alice): yo  ✓✓ delivered")
+
+
+def test_continuation_lines_are_indented():
+    line = message_line(
+        stored("bob", "one\ntwo"), me="alice", names=lambda _: None, paint=Painter(False)
+    )
+    first, second = line.split("\n")
+    assert first.endswith("bob: one")
+    assert second.strip() == "two" and second.startswith(" ")
