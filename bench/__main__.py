@@ -23,7 +23,7 @@ from rich.console import Console
 from bench import accounts, backlog, ceiling, direct, online, paced
 from bench.context import Context
 from bench.plot import write_png
-from bench.report import ScenarioResult, render_table, write_json
+from bench.report import ScenarioResult, markdown_table, render_table, write_json
 from bench.stack import running_stack
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     render_table(results, console)
     options = {"quick": args.quick, "only": chosen, "seconds": round(elapsed, 1)}
     json_path = write_json(results, args.results, stamp, options)
+    (args.results / f"{stamp}.md").write_text(markdown_table(results))
     title = f"Messenger benchmarks {stamp}{' (quick)' if args.quick else ''}"
     png_path = write_png(results, args.results / f"{stamp}.png", title)
     console.print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bench.context import Context
 from bench.hop import run_hop
 from bench.report import Figure, Run, ScenarioResult
+from bench.stack import CpuMeter
 
 WINDOW = 500
 
@@ -15,7 +16,9 @@ def run(ctx: Context) -> ScenarioResult:
 
     one = run_hop(endpoint, ctx.size(1_000, 5_000), window=1)
     one_run = Run.from_latencies("confirm per message", one.latencies_ms, one.total_seconds)
-    windowed = run_hop(endpoint, ctx.size(10_000, 50_000), window=WINDOW)
+    with CpuMeter(ctx.stack) as cpu:
+        windowed = run_hop(endpoint, ctx.size(10_000, 50_000), window=WINDOW)
+    per_message = cpu.per_message_us(windowed.published)
     win_run = Run.from_latencies(
         f"{WINDOW} confirms outstanding", windowed.latencies_ms, windowed.total_seconds
     )
@@ -39,7 +42,8 @@ def run(ctx: Context) -> ScenarioResult:
     if windowed.nacked or one.nacked:
         result.notes.append(f"nacked: {one.nacked + windowed.nacked}")
     result.notes.append(
-        "limit: the broker's fsync of persistent messages and pika's per-frame Python cost; "
-        "one confirm at a time adds a full round trip per message"
+        f"windowed: CPU per message broker {per_message.get('broker', 0):.0f} µs + pika "
+        f"publisher/consumer {per_message.get('clients', 0):.0f} µs; {cpu.summary()}. One "
+        "confirm at a time: a round trip and a queue sync per message"
     )
     return result

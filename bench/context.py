@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.hop import Endpoint, run_hop
-from bench.stack import Account, BenchStack
+from bench.stack import Account, BenchStack, CpuMeter
 from protocol.topology import VHOST
 
 
@@ -33,8 +33,10 @@ class Context:
             self._people += self.stack.accounts(missing, prefix="p")
         return self._people[:count]
 
-    def ceiling_probe(self) -> float:
-        """A short windowed ceiling run right now: the baseline for the run that follows,
-        so that both see the same load from whatever else this machine is doing."""
-        hop = run_hop(self.endpoint(), self.size(5_000, 10_000), window=500)
-        return hop.published / hop.total_seconds
+    def ceiling_probe(self) -> tuple[float, dict[str, float]]:
+        """A short windowed ceiling run right now, as the baseline of a run next to it (so
+        that both see the same load from whatever else this machine is doing): its rate,
+        and its CPU microseconds per message (broker, clients)."""
+        with CpuMeter(self.stack) as cpu:
+            hop = run_hop(self.endpoint(), self.size(3_000, 10_000), window=500)
+        return hop.published / hop.total_seconds, cpu.per_message_us(hop.published)

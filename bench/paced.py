@@ -25,7 +25,7 @@ def run(ctx: Context) -> ScenarioResult:
     stack = ctx.stack
     meta = stack.meta_json()
     people = ctx.people(2 * PAIRS)
-    seconds = ctx.size(3, 10)
+    seconds = ctx.size(2, 10)
     stack.start_relays(1)
 
     for rate in RATES:

@@ -95,7 +95,7 @@ def _fmt(value: float, unit: str) -> str:
         return "—"
     if unit in ("ms",) and value < 10:
         return f"{value:.2f} {unit}"
-    if abs(value) >= 100 or unit in ("msg/s", "conn/s", "/s"):
+    if abs(value) >= 100 or unit in ("msg/s", "conn/s", "/s", "µs"):
         return f"{value:,.0f} {unit}"
     return f"{value:.1f} {unit}"
 
@@ -168,11 +168,38 @@ def write_json(
             for r in results
         ],
     }
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(_finite(payload), indent=2, default=str) + "\n")
     return path
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
+def _finite(value: Any) -> Any:
+    """NaN and infinity become null: strict JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def markdown_table(results: list[ScenarioResult]) -> str:
+    """The table as Markdown, for docs/performance.md."""
+    lines = [
+        "| scenario / figure | measured | baseline (same run) → ratio | target | met |",
+        "|---|--:|---|---|:-:|",
+    ]
+    for result in results:
+        if result.error:
+            lines.append(f"| **{result.title}** | failed | {result.error[:80]} | | |")
+            continue
+        lines.append(f"| **{result.title}** | | | | |")
+        for figure in result.figures:
+            ratio = figure.baseline
+            if figure.ratio is not None:
+                ratio += f" → {figure.ratio:.0%}"
+            met = {True: "yes", False: "**no**", None: ""}[figure.met]
+            cells = [figure.name, _fmt(figure.value, figure.unit), ratio, figure.target, met]
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    notes = [f"- {r.key}: {note}" for r in results for note in r.notes]
+    return "\n".join([*lines, "", *notes, ""])

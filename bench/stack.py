@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -259,6 +260,7 @@ class CpuMeter:
     def __init__(self, stack: BenchStack) -> None:
         self.stack = stack
         self.cores: dict[str, float] = {}
+        self.seconds = 0.0
 
     def _processes(self) -> dict[str, list[psutil.Process]]:
         found: dict[str, list[psutil.Process]] = {"broker": [], "relay": [], "auth": []}
@@ -287,6 +289,7 @@ class CpuMeter:
         self._procs = self._processes()
         self._start = {key: self._cpu(group) for key, group in self._procs.items()}
         self._machine = psutil.cpu_times()
+        self._children = _reaped_children_cpu()
         self._t0 = time.monotonic()
         return self
 
@@ -294,6 +297,9 @@ class CpuMeter:
         elapsed = max(1e-9, time.monotonic() - self._t0)
         for key, group in self._procs.items():
             self.cores[key] = (self._cpu(group) - self._start[key]) / elapsed
+        # Worker processes (clients, baseline publishers) started and joined inside the block.
+        self.cores["clients"] = (_reaped_children_cpu() - self._children) / elapsed
+        self.seconds = elapsed
         machine = psutil.cpu_times()
         idle = (machine.idle + machine.iowait) - (self._machine.idle + self._machine.iowait)
         self.cores["machine"] = (psutil.cpu_count() or 1) - idle / elapsed
@@ -302,8 +308,24 @@ class CpuMeter:
         c = self.cores
         return (
             f"cores used: broker {c.get('broker', 0):.2f}, relay {c.get('relay', 0):.2f}, "
+            f"clients {c.get('clients', 0):.2f}, "
             f"machine {c.get('machine', 0):.2f} of {psutil.cpu_count()}"
         )
+
+    def per_message_us(self, messages: int) -> dict[str, float]:
+        """CPU microseconds per message of each part: steadier than rates on a busy box."""
+        if messages <= 0:
+            return {}
+        return {
+            key: self.cores[key] * self.seconds / messages * 1e6
+            for key in ("broker", "relay", "clients")
+            if key in self.cores
+        }
+
+
+def _reaped_children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def rss_mb(pid: int) -> float:

@@ -2,8 +2,9 @@
 
 For each message from the inbox, in this order: store it in the local history (keyed by
 its id), show it unless it was shown before, send the sender a `delivered` receipt, return
-so the library acks it. A client that dies anywhere before the ack gets the message again
-and, thanks to the history, shows it at most once more if it had not shown it yet.
+so the library acks it. A client that dies anywhere before the ack gets the message again;
+the history stores it once and shows it once (the only window for a second showing is
+between printing it and the one SQLite write that records that it was shown).
 """
 
 from __future__ import annotations

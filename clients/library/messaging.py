@@ -4,9 +4,12 @@
     answer = conn.send("bob", "hi")                  # RelayAnswer(status="accepted", id=...)
     conn.consume(store_and_show, idle_timeout=1.0)   # acks each message after the callback
 
-One `MessengerConnection` is one pika `BlockingConnection` and belongs to the thread that
-opened it; only `stop()` may be called from another thread. A chat opens two: one that
-consumes, one that sends.
+One `MessengerConnection` is one pika `BlockingConnection`: use it from one thread at a
+time (the thread that consumes, say); only `stop()` may be called from another thread. A
+chat opens two: one that consumes, one that sends. Server ids are stable: a message the
+relay handled twice (it crashed before acking) arrives twice with the same `id`, so store by
+`id` and show what was not stored yet. An idle sending connection that the broker dropped
+(missed heartbeats) is reopened by the next send.
 
 Sending pipelines: each publish to the outbox is confirmed by the broker asynchronously
 (tracked by sequence number) and answered by the relay on the direct reply-to, so
@@ -81,6 +84,7 @@ class MessengerConnection:
         self.username = username
         self._parameters = parameters
         self._stop = threading.Event()
+        self._consumer_thread: int | None = None
         coalesce_pika_writes()
         self._connection = _connect(parameters, username)
         self._publisher: _Publisher | None = None
@@ -208,8 +212,8 @@ class MessengerConnection:
         returns (store it first). Runs until `stop()`, or until nothing arrived for
         `idle_timeout` s. Returns how many messages and receipts were handled. If a callback
         raises, the exception propagates and that message (and any prefetched after it)
-        stays in the inbox for the next time."""
-        self._stop.clear()
+        stays in the inbox for the next time. A `stop()` that comes before `consume()` starts
+        makes it return at once."""
         handled = 0
         last_activity = time.monotonic()
 
@@ -225,6 +229,7 @@ class MessengerConnection:
             handled += 1
             last_activity = time.monotonic()
 
+        self._consumer_thread = threading.get_ident()
         with self._broker_errors():
             self._ensure_open()
             channel = self._connection.channel()
@@ -240,6 +245,8 @@ class MessengerConnection:
                         wait = min(wait, left)
                     self._connection.process_data_events(time_limit=wait)
             finally:
+                self._stop.clear()
+                self._consumer_thread = None
                 # Closing the channel hands back anything prefetched but not yet handled.
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     if channel.is_open:
@@ -247,10 +254,12 @@ class MessengerConnection:
         return handled
 
     def stop(self) -> None:
-        """Make `consume()` return soon. Safe from any thread and from a signal handler."""
+        """Make `consume()` return: at once from another thread, within half a second from
+        a signal handler or a callback on the consuming thread."""
         self._stop.set()
-        with contextlib.suppress(Exception):
-            self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop
+        if self._consumer_thread not in (None, threading.get_ident()):
+            with contextlib.suppress(Exception):
+                self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop
 
     def close(self) -> None:
         self._stop.set()

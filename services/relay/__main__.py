@@ -19,7 +19,11 @@ def main() -> int:
         settings = RelaySettings()  # the password comes from the environment
     except ValidationError as exc:
         configure_logging()
-        logger.error("invalid relay settings (MESSENGER_RELAY_*): %s", exc)
+        problems = "; ".join(
+            f"MESSENGER_RELAY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        logger.error("invalid relay settings: %s", problems)
         return 2
     configure_logging(settings.log_level)
     worker = RelayWorker(settings)

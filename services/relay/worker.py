@@ -202,16 +202,15 @@ class RelayWorker:
             pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
         ):
             self._auth_refusals += 1
-            logger.error(
-                "the broker at %s refused the relay's login (%d of %d): check "
-                "MESSENGER_RELAY_AMQP_USER/PASSWORD and the vhost",
-                where,
-                self._auth_refusals,
-                MAX_AUTH_REFUSALS,
+            self._failure = (
+                f"the broker at {where} refused the relay's login ({self._auth_refusals} of "
+                f"{MAX_AUTH_REFUSALS}): check MESSENGER_RELAY_AMQP_USER/PASSWORD and the vhost"
             )
             if self._auth_refusals >= MAX_AUTH_REFUSALS:
+                logger.error("%s; giving up", self._failure)
                 self._failed = True
-        self._failure = f"cannot reach the broker at {where} ({_reason(error)})"
+        else:
+            self._failure = f"cannot reach the broker at {where} ({_reason(error)})"
         self._stop_ioloop()
 
     def _on_connection_closed(

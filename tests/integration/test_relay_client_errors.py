@@ -6,8 +6,13 @@ import pytest
 
 from clients.library.errors import BrokerRefused, NotConfirmed
 from clients.library.messaging import MessengerConnection
-from tests.integration.messaging_helpers import connect, meta_of, read_inbox
-from tests.integration.stack import AuthService, Broker, ServiceProcess, signup_and_login
+from tests.integration.messaging_helpers import InboxReader, connect, meta_of, read_inbox
+from tests.integration.stack import (
+    AuthService,
+    ServiceProcess,
+    eventually,
+    signup_and_login,
+)
 
 
 def test_a_wrong_secret_is_refused_readably(auth: AuthService):
@@ -26,7 +31,7 @@ def test_a_password_opens_a_connection_too(auth: AuthService, relay: ServiceProc
 
 
 def test_a_silent_relay_is_not_confirmed_but_the_message_is_kept(
-    auth: AuthService, broker: Broker, relay: ServiceProcess
+    auth: AuthService, relay: ServiceProcess
 ):
     """No relay running: the broker still confirms the publish, so the client hears
     NotConfirmed (not an error about the broker), and delivery follows once a relay runs."""
@@ -38,6 +43,7 @@ def test_a_silent_relay_is_not_confirmed_but_the_message_is_kept(
         assert silent.value.client_id
     finally:
         relay.start()
-    [message] = read_inbox(auth, bob, idle_timeout=15)
+    with InboxReader(auth, bob) as reader:
+        eventually(lambda: reader.received, timeout=30)
+    [message] = reader.received
     assert message.client_id == silent.value.client_id
-    assert broker.queue_depths().get(f"inbox.{bob.username}", 0) == 0
