@@ -88,7 +88,7 @@ def _connect_run(label: str, answer: dict[str, Any]) -> Run:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    users = ctx.size(250, 1_000)
+    users = ctx.size(200, 1_000)
     result = ScenarioResult("online", f"5 Online users: {users:,} connected + {PAIRS} pairs")
     stack = ctx.stack
     meta = stack.meta_json()

@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -247,7 +248,9 @@ class LocalNode:
         d = self.data_dir
         for sub in ("mnesia", "log", "plugins-expand"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        (d / "rabbitmq-env.conf").touch()
+        # Debian's wrapper leaves the node 1,024 open files; at ~950 connections its
+        # database breaks. The env file is sourced by the start script: raise the soft limit.
+        (d / "rabbitmq-env.conf").write_text('ulimit -n "$(ulimit -Hn)" 2>/dev/null || true\n')
         shutil.copy(CONFIG_DIR / "enabled_plugins", d / "enabled_plugins")
 
         definitions = json.loads((CONFIG_DIR / "definitions.json").read_text())
@@ -280,6 +283,7 @@ class LocalNode:
         )
         (d / "rabbitmq.conf").write_text(base + overrides)
         if _is_root() and self.chown_to_rabbitmq:
+            _check_reachable_by_others(d)
             shutil.chown(d, "rabbitmq", "rabbitmq")
             for path in d.rglob("*"):
                 shutil.chown(path, "rabbitmq", "rabbitmq")
@@ -317,6 +321,17 @@ class LocalNode:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def _check_reachable_by_others(directory: Path) -> None:
+    """As root the node runs as `rabbitmq`, which must be able to walk down to its data."""
+    for parent in directory.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise BrokerError(
+                f"the broker's data directory {directory} is under {parent}, which the "
+                "rabbitmq user cannot enter; choose one under /var/lib or /tmp"
+            )
 
 
 def _alive(pid: int) -> bool:

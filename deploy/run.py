@@ -21,6 +21,7 @@ from types import FrameType
 import httpx
 import platformdirs
 import typer
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.local_broker import BrokerError, LocalNode, free_port, service_passwords
@@ -32,13 +33,29 @@ logger = logging.getLogger("messenger.run")
 
 REPO = Path(__file__).resolve().parent.parent
 
+# `make run CLUSTER=1` with Docker: compose's `cluster` profile, quorum queues, and every
+# node for the services (on the deployment's network) and for clients (published ports).
+CLUSTER_COMPOSE_ENV = {
+    "MESSENGER_QUEUE_TYPE": "quorum",
+    "MESSENGER_INBOX_QUEUE_TYPE": "quorum",
+    "MESSENGER_BROKER_NODES": "broker:5672,broker-2:5672,broker-3:5672",
+    "MESSENGER_PUBLIC_AMQP_URLS": "amqp://127.0.0.1:5672,amqp://127.0.0.1:5673,amqp://127.0.0.1:5674",
+}
+
+
+def _default_data_dir() -> Path:
+    """Root's home is closed to the `rabbitmq` user the broker runs as: use /var/lib then."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/messenger/local-run")
+    return platformdirs.user_data_path("messenger") / "local-run"
+
 
 class RunSettings(BaseSettings):
     """`make run`'s knobs, from MESSENGER_RUN_* environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="MESSENGER_RUN_")
 
-    data_dir: Path = platformdirs.user_data_path("messenger") / "local-run"
+    data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
     public_port: int = 8080
     amqp_port: int = 0  # 0: any free port (5672 may belong to another broker)
@@ -99,7 +116,6 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
             amqp_ports=[first_port + i for i in range(3)] if first_port else (),
             host=settings.host,
         )
-        # Until the relay and the auth service take a list of nodes, they use the first one.
         node = broker.nodes[0]
         inbox_queue_type = os.environ.get("MESSENGER_AUTH_INBOX_QUEUE_TYPE", "quorum")
     else:
@@ -112,6 +128,8 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
             host=settings.host,
         )
         inbox_queue_type = os.environ.get("MESSENGER_AUTH_INBOX_QUEUE_TYPE", "classic")
+    nodes = broker.nodes if isinstance(broker, LocalCluster) else [node]
+    amqp_nodes = ",".join(f"{n.host}:{n.amqp_port}" for n in nodes)
     public_url = f"http://{settings.host}:{settings.public_port}"
     services: list[ServiceProcess] = []
     try:
@@ -125,10 +143,10 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
                 "MESSENGER_AUTH_PUBLIC_PORT": str(settings.public_port),
                 "MESSENGER_AUTH_BROKER_API_HOST": "127.0.0.1",
                 "MESSENGER_AUTH_BROKER_API_PORT": str(broker_api_port),
-                "MESSENGER_AUTH_AMQP_HOST": node.host,
-                "MESSENGER_AUTH_AMQP_PORT": str(node.amqp_port),
+                "MESSENGER_AUTH_AMQP_NODES": amqp_nodes,
                 "MESSENGER_AUTH_AMQP_PASSWORD": passwords["auth"],
                 "MESSENGER_AUTH_PUBLIC_AMQP_URL": node.public_amqp_url,
+                "MESSENGER_AUTH_PUBLIC_AMQP_URLS": ",".join(n.public_amqp_url for n in nodes),
                 "MESSENGER_AUTH_INBOX_QUEUE_TYPE": inbox_queue_type,
             },
         )
@@ -140,8 +158,7 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
                 module="services.relay",
                 args=[],
                 env={
-                    "MESSENGER_RELAY_AMQP_HOST": node.host,
-                    "MESSENGER_RELAY_AMQP_PORT": str(node.amqp_port),
+                    "MESSENGER_RELAY_AMQP_NODES": amqp_nodes,
                     "MESSENGER_RELAY_AMQP_PASSWORD": passwords["relay"],
                 },
             )
@@ -150,9 +167,7 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
         logger.info(
             "Messenger is up: API %s, broker %s, data in %s. Ctrl-C stops everything.",
             public_url,
-            ", ".join(n.public_amqp_url for n in broker.nodes)
-            if isinstance(broker, LocalCluster)
-            else node.public_amqp_url,
+            ", ".join(n.public_amqp_url for n in nodes),
             settings.data_dir,
         )
         while not stop.wait(0.5):
@@ -177,10 +192,10 @@ def main(
     if settings.docker and _docker_engine_answers():
         logger.info("a Docker engine answers: running docker compose up")
         command, env = ["docker", "compose", "up", "--build"], dict(os.environ)
-        if cluster:  # the profile's two extra nodes, and quorum queues unless told otherwise
+        if cluster:  # the profile's two extra nodes, quorum queues, failover to every node
             command[2:2] = ["--profile", "cluster"]
-            env.setdefault("MESSENGER_QUEUE_TYPE", "quorum")
-            env.setdefault("MESSENGER_INBOX_QUEUE_TYPE", "quorum")
+            for name, value in CLUSTER_COMPOSE_ENV.items():
+                env.setdefault(name, value)
         raise typer.Exit(subprocess.call(command, cwd=REPO, env=env))
     try:
         run_local(settings, cluster=cluster)

@@ -93,6 +93,17 @@ class Session(WireModel):
 
 
 class Meta(WireModel):
+    """`GET /v1/meta`: where clients reach the broker.
+
+    `amqp_urls` lists every node of a cluster, in the order clients try them; `amqp_url` is
+    its first entry, kept for clients that know only one address (they ignore the list).
+    """
+
     protocol_version: int
     amqp_url: str
     vhost: str
+    amqp_urls: list[str] = Field(default_factory=list)
+
+    def broker_urls(self) -> list[str]:
+        """The nodes to try, in order: `amqp_urls`, or just `amqp_url` from an older server."""
+        return list(self.amqp_urls) or [self.amqp_url]

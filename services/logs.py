@@ -11,3 +11,5 @@ def configure_logging(level: str = "INFO") -> None:
     # pika logs every failed connect attempt at ERROR with a traceback; our code logs the
     # reconnect once, readably.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    # httpx logs every request at INFO; the runner's health polls are not events.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -11,6 +11,16 @@ relay handled twice (it crashed before acking) arrives twice with the same `id`,
 `id` and show what was not stored yet. An idle sending connection that the broker dropped
 (missed heartbeats) is reopened by the next send.
 
+Failover: `GET /v1/meta` lists every broker node (`amqp_urls`). `open()` connects to the
+first that answers; when the connection is lost, the next operation moves to the next node
+(no wait until every node has failed in a row). `consume()` re-subscribes there and carries
+on; what was delivered but not acked comes again with the same server id. Sending keeps
+each message until the relay has answered it: after a reconnect, everything unanswered is
+published again with the same client `message_id` and send time, so the relay gives it the
+same server id. That includes messages the broker had confirmed, because the relay's answer
+to them went to the lost connection's reply-to and is gone; the recipient may then get such
+a message twice, with one id, and shows it once.
+
 Sending pipelines: each publish to the outbox is confirmed by the broker asynchronously
 (tracked by sequence number) and answered by the relay on the direct reply-to, so
 `send_many()` keeps a window of messages in flight instead of paying a round trip each.
@@ -28,9 +38,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import pika
 import pika.channel
@@ -58,6 +68,7 @@ from protocol.messages import (
     ReceiptStatus,
     RelayAnswer,
 )
+from protocol.nodes import NodeRotation, parse_amqp_url
 from protocol.pika_io import coalesce_pika_writes, describe_pika_error
 from protocol.topology import (
     CONTENT_TYPE,
@@ -74,40 +85,59 @@ logger = logging.getLogger(__name__)
 
 CONSUME_PREFETCH = 200
 DEFAULT_WINDOW = 1000
+# A nacked outbox publish (a quorum shard between leaders nacks for a few seconds) is
+# published again after 0.5, 1, 2, 4, 5, 5 ... s, this many times at most.
+MAX_NACK_RETRIES = 8
+# How long `consume()` keeps reconnecting (to each node in turn) before it gives up.
+RECONNECT_WINDOW_SECONDS = 60.0
+RECONNECT_MAX_DELAY_SECONDS = 5.0
 
 
 class MessengerConnection:
     """A user's AMQP connection: send through the relay, consume the own inbox."""
 
-    def __init__(self, parameters: pika.ConnectionParameters, username: str) -> None:
-        """Use `open()`; this connects at once."""
+    def __init__(
+        self,
+        parameters: pika.ConnectionParameters | Sequence[pika.ConnectionParameters],
+        username: str,
+    ) -> None:
+        """Use `open()`; this connects at once, to the first of `parameters` that answers."""
         self.username = username
-        self._parameters = parameters
+        if isinstance(parameters, pika.ConnectionParameters):
+            parameters = [parameters]
+        self._nodes = NodeRotation(list(parameters), max_delay=RECONNECT_MAX_DELAY_SECONDS)
         self._stop = threading.Event()
         self._consumer_thread: int | None = None
+        self._sends = _SendState()
         coalesce_pika_writes()
-        self._connection = _connect(parameters, username)
+        self._connection = self._connect_any(deadline=None)
         self._publisher: _Publisher | None = None
 
     @classmethod
     def open(cls, meta: Meta, username: str, secret: str) -> MessengerConnection:
-        """Log in to the broker `meta` names; `secret` is a session token or the password."""
-        parts = urlsplit(meta.amqp_url)
-        if parts.scheme != "amqp" or not parts.hostname:
-            raise BrokerUnreachable(
-                f"the server announced an unusable broker URL {meta.amqp_url!r}"
+        """Log in to the broker `meta` names (any of its nodes); `secret` is a session token
+        or the password."""
+        parameters = []
+        for url in meta.broker_urls():
+            try:
+                host, port = parse_amqp_url(url)
+            except ValueError:
+                raise BrokerUnreachable(
+                    f"the server announced an unusable broker URL {url!r}"
+                ) from None
+            parameters.append(
+                pika.ConnectionParameters(
+                    host=host,
+                    port=port,
+                    virtual_host=meta.vhost,
+                    credentials=pika.PlainCredentials(username, secret),
+                    connection_attempts=1,
+                    socket_timeout=5,
+                    blocked_connection_timeout=30,
+                    heartbeat=60,
+                    client_properties={"connection_name": f"messenger client {username}"},
+                )
             )
-        parameters = pika.ConnectionParameters(
-            host=parts.hostname,
-            port=parts.port or 5672,
-            virtual_host=meta.vhost,
-            credentials=pika.PlainCredentials(username, secret),
-            connection_attempts=1,
-            socket_timeout=5,
-            blocked_connection_timeout=30,
-            heartbeat=60,
-            client_properties={"connection_name": f"messenger client {username}"},
-        )
         return cls(parameters, username)
 
     # -- sending ---------------------------------------------------------------------------
@@ -121,24 +151,89 @@ class MessengerConnection:
         BrokerRefused.
         """
         with self._broker_errors():
-            publisher = self._ready_publisher()
-            client_id = publisher.publish_send(to, text)
-            answers = publisher.collect([client_id], timeout)
+            client_id = self._publish_send(to, text, timeout)
+            answers = self._collect([client_id], timeout, forget_missing=False)
         answer = answers.get(client_id)
         if answer is None:
-            raise publisher.unanswered_error(client_id, timeout)
+            raise self._sends.unanswered_error(client_id, timeout)
         return _raise_if_rejected(answer)
 
     def publish(self, to: str, text: str) -> str:
         """Publish without waiting; returns the client id to `collect()` the answer by."""
         with self._broker_errors():
-            return self._ready_publisher().publish_send(to, text)
+            return self._publish_send(to, text, 5.0)
 
     def collect(self, client_ids: Iterable[str], timeout: float = 5.0) -> dict[str, RelayAnswer]:
         """Wait up to `timeout` s for the relay's answers to what `publish()` sent; returns
         those that came (accepted and rejected alike), keyed by client id."""
         with self._broker_errors():
-            return self._ready_publisher().collect(list(client_ids), timeout)
+            return self._collect(list(client_ids), timeout)
+
+    def _publish_send(self, to: str, text: str, timeout: float) -> str:
+        publisher = self._publisher_now(timeout)
+        outgoing = self._sends.new_send(to, text)
+        with self._failover(timeout):  # a failover publishes it again, with the rest
+            publisher.publish(outgoing)
+        return outgoing.client_id
+
+    def _publisher_now(self, timeout: float) -> _Publisher:
+        """The sending channel; a new one first publishes again what is unanswered."""
+        with self._failover(timeout):
+            return self._ready_publisher()
+        return self._ready_publisher()  # failed over just now
+
+    def _collect(
+        self, client_ids: list[str], timeout: float, *, forget_missing: bool = True
+    ) -> dict[str, RelayAnswer]:
+        deadline = time.monotonic() + timeout
+        found: dict[str, RelayAnswer] = {}
+        pending = list(client_ids)
+        while True:
+            found.update(self._sends.take_answers(pending))
+            pending = [c for c in pending if c not in found]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            if not self._publish_nacked_again(pending):
+                break
+            self._pump(min(left, 0.1), timeout)
+        for client_id in pending if forget_missing else ():
+            self._sends.forget(client_id)  # no longer awaited: a late answer is dropped
+        return found
+
+    def _publish_nacked_again(self, client_ids: list[str]) -> bool:
+        """Publish again what the broker nacked (it took no responsibility: a quorum shard
+        may be between leaders), on a fresh channel, after a growing delay; False once one
+        has been nacked MAX_NACK_RETRIES times."""
+        now = time.monotonic()
+        due = False
+        for client_id in [c for c in client_ids if c in self._sends.nacked]:
+            outgoing = self._sends.outgoing[client_id]
+            if outgoing.nacks >= MAX_NACK_RETRIES:
+                return False
+            if outgoing.retry_at is None:
+                outgoing.retry_at = now + min(5.0, 0.5 * 2.0**outgoing.nacks)
+            if now >= outgoing.retry_at:
+                outgoing.nacks += 1
+                outgoing.retry_at = None
+                due = True
+        if due:
+            # A channel's view of a quorum queue can stay on a leader that is gone: start
+            # over on a new channel, which publishes everything unanswered again.
+            logger.info("the broker refused messages; publishing them again on a new channel")
+            publisher, self._publisher = self._publisher, None
+            if publisher is not None:
+                publisher.close()
+            self._publisher_now(5.0)
+        return True
+
+    def _pump(self, time_limit: float, timeout: float) -> None:
+        """Process I/O (confirms, answers) for up to `time_limit` s; fail over if the
+        connection is lost, publishing everything unanswered again."""
+        with self._failover(timeout):
+            if self._publisher is None:  # a send from inside consume() after its failover
+                self._ready_publisher()
+            self._connection.process_data_events(time_limit=time_limit)
 
     def send_many(
         self,
@@ -151,22 +246,20 @@ class MessengerConnection:
         order, rejected ones included (not raised). NotConfirmed when the relay stays silent
         for `timeout` s while answers are due."""
         with self._broker_errors():
-            publisher = self._ready_publisher()
             order: list[str] = []
             answers: dict[str, RelayAnswer] = {}
             waiting: list[str] = []  # published, unanswered, in order
             for to, text in messages:
                 if len(waiting) >= window:
-                    waiting = self._drain(publisher, waiting, answers, timeout, until=window // 2)
-                client_id = publisher.publish_send(to, text)
+                    waiting = self._drain(waiting, answers, timeout, until=window // 2)
+                client_id = self._publish_send(to, text, timeout)
                 order.append(client_id)
                 waiting.append(client_id)
-            self._drain(publisher, waiting, answers, timeout, until=0)
+            self._drain(waiting, answers, timeout, until=0)
         return [answers[client_id] for client_id in order]
 
     def _drain(
         self,
-        publisher: _Publisher,
         waiting: list[str],
         answers: dict[str, RelayAnswer],
         timeout: float,
@@ -176,27 +269,34 @@ class MessengerConnection:
         """Pump events until at most `until` of `waiting` are unanswered."""
         deadline = time.monotonic() + timeout
         while len(waiting) > until:
-            got = publisher.take_answers(waiting)
+            got = self._sends.take_answers(waiting)
             if got:
                 answers.update(got)
                 waiting = [c for c in waiting if c not in got]
                 deadline = time.monotonic() + timeout
                 continue
-            if time.monotonic() > deadline:
-                raise publisher.unanswered_error(waiting[0], timeout)
-            self._connection.process_data_events(time_limit=0.05)
+            if time.monotonic() > deadline or not self._publish_nacked_again(waiting):
+                first = next((c for c in waiting if c in self._sends.nacked), waiting[0])
+                raise self._sends.unanswered_error(first, timeout)
+            connection = self._connection
+            self._pump(0.05, timeout)
+            if self._connection is not connection:  # failed over: the relay needs time again
+                deadline = time.monotonic() + timeout
         return waiting
 
     def send_receipt(self, message_id: str, to: str, status: ReceiptStatus = "delivered") -> None:
         """Tell `to` (the message's sender) that its message `message_id` was delivered/read.
         Fire and forget: the broker confirms in the background; nothing is answered."""
         with self._broker_errors():
-            self._ready_publisher().publish_receipt(message_id, to, status)
+            publisher = self._publisher_now(5.0)
+            outgoing = self._sends.new_receipt(message_id, to, status)
+            with self._failover(5.0):
+                publisher.publish(outgoing)
 
     def _ready_publisher(self) -> _Publisher:
         self._ensure_open()
         if self._publisher is None:
-            self._publisher = _Publisher(self._connection, self.username)
+            self._publisher = _Publisher(self._connection, self.username, self._sends)
         return self._publisher
 
     # -- receiving -------------------------------------------------------------------------
@@ -213,7 +313,9 @@ class MessengerConnection:
         `idle_timeout` s. Returns how many messages and receipts were handled. If a callback
         raises, the exception propagates and that message (and any prefetched after it)
         stays in the inbox for the next time. A `stop()` that comes before `consume()` starts
-        makes it return at once."""
+        makes it return at once. When the connection is lost, it reconnects (to the next
+        node first) and subscribes again, for up to RECONNECT_WINDOW_SECONDS before it
+        raises BrokerUnreachable."""
         handled = 0
         last_activity = time.monotonic()
 
@@ -229,28 +331,48 @@ class MessengerConnection:
             handled += 1
             last_activity = time.monotonic()
 
-        self._consumer_thread = threading.get_ident()
-        with self._broker_errors():
-            self._ensure_open()
+        def idle() -> bool:
+            return idle_timeout is not None and time.monotonic() - last_activity >= idle_timeout
+
+        def subscribe_and_serve() -> None:
             channel = self._connection.channel()
             try:
                 channel.basic_qos(prefetch_count=CONSUME_PREFETCH)
                 channel.basic_consume(inbox_queue(self.username), on_delivery)
-                while not self._stop.is_set():
+                while not self._stop.is_set() and not idle():
                     wait = 0.5
                     if idle_timeout is not None:
-                        left = last_activity + idle_timeout - time.monotonic()
-                        if left <= 0:
-                            break
-                        wait = min(wait, left)
+                        wait = min(wait, max(0.0, last_activity + idle_timeout - time.monotonic()))
                     self._connection.process_data_events(time_limit=wait)
             finally:
-                self._stop.clear()
-                self._consumer_thread = None
                 # Closing the channel hands back anything prefetched but not yet handled.
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     if channel.is_open:
                         channel.close()
+
+        self._consumer_thread = threading.get_ident()
+        try:
+            with self._broker_errors():
+                self._ensure_open()
+                while True:
+                    try:
+                        subscribe_and_serve()
+                        break
+                    except pika.exceptions.AMQPError as exc:
+                        if self._stop.is_set():
+                            break
+                        if not _retryable(exc):
+                            raise
+                        try:
+                            self._reconnect(exc, RECONNECT_WINDOW_SECONDS)
+                        except BrokerUnreachable:
+                            if self._stop.is_set():
+                                break
+                            raise
+                        last_activity = time.monotonic()
+        finally:
+            self._stop.clear()
+            self._consumer_thread = None
         return handled
 
     def stop(self) -> None:
@@ -283,7 +405,75 @@ class MessengerConnection:
         if not self._connection.is_open:
             logger.info("reconnecting to the broker")
             self._publisher = None
-            self._connection = _connect(self._parameters, self.username)
+            self._connection = self._connect_any(deadline=None, moving_on=True)
+
+    def _connect_any(
+        self, deadline: float | None, moving_on: bool = False
+    ) -> pika.BlockingConnection:
+        """Connect to the current node, or the ones after it. `moving_on`: the current node
+        just failed, start with the next. Without a `deadline`, one round over the nodes;
+        with one, rounds (with growing pauses) until it passes. A refused login is final."""
+        delay = self._nodes.failed() if moving_on else 0.0
+        errors: dict[str, BrokerUnreachable] = {}
+        while True:
+            if self._nodes.round_failed and errors:
+                if deadline is None or time.monotonic() + delay > deadline:
+                    raise _unreachable(errors)
+                if self._consumer_thread is None:
+                    time.sleep(delay)
+                elif self._stop.wait(delay):
+                    raise BrokerUnreachable("stopped while reconnecting to the broker")
+            parameters = self._nodes.current
+            try:
+                connection = _connect(parameters, self.username)
+            except BrokerUnreachable as exc:
+                errors[f"{parameters.host}:{parameters.port}"] = exc
+                delay = self._nodes.failed()
+                continue
+            self._nodes.succeeded()
+            if errors:
+                logger.info("connected to the broker at %s:%d", parameters.host, parameters.port)
+            return connection
+
+    def _reconnect(self, lost: BaseException, window: float) -> None:
+        """The connection (or a channel of it) failed: connect to the next node, and set up
+        the sending channel again if there was one (publishing what is unanswered)."""
+        deadline = time.monotonic() + window
+        while True:
+            current = self._nodes.current
+            logger.warning(
+                "lost the broker at %s:%d (%s); moving to the next node",
+                current.host,
+                current.port,
+                _text(lost),
+            )
+            had_publisher = self._publisher is not None or self._sends.outgoing
+            self._publisher = None
+            old = self._connection
+            with contextlib.suppress(Exception):
+                if old.is_open:
+                    old.close()
+            self._connection = self._connect_any(deadline, moving_on=True)
+            if not had_publisher:
+                return
+            try:
+                self._ready_publisher()
+                return
+            except pika.exceptions.AMQPError as exc:
+                if not _retryable(exc) or time.monotonic() > deadline:
+                    raise
+                lost = exc
+
+    @contextlib.contextmanager
+    def _failover(self, timeout: float) -> Iterator[None]:
+        """Around a sending step: a lost connection moves to the next node, where everything
+        unanswered is published again; the step itself is not repeated."""
+        try:
+            yield
+        except pika.exceptions.AMQPError as exc:
+            if not _retryable(exc):
+                raise
+            self._reconnect(exc, max(timeout, RECONNECT_WINDOW_SECONDS))
 
     @contextlib.contextmanager
     def _broker_errors(self) -> Iterator[None]:
@@ -296,26 +486,121 @@ class MessengerConnection:
             raise _channel_error(exc, self.username) from None
         except pika.exceptions.AMQPConnectionError as exc:
             self._publisher = None
-            raise _connection_error(exc, self._parameters, self.username) from None
+            raise _connection_error(exc, self._nodes.current, self.username) from None
         except pika.exceptions.AMQPError as exc:
             self._publisher = None
             raise BrokerUnreachable(f"lost the connection to the broker ({_text(exc)})") from None
 
 
-class _Publisher:
-    """The sending channel: async confirms by sequence number, answers by client id."""
+@dataclass
+class _Outgoing:
+    """One message to the outbox, kept until settled so a failover can publish it again."""
 
-    def __init__(self, connection: pika.BlockingConnection, username: str) -> None:
+    client_id: str
+    body: bytes
+    kind: str
+    reply_to: str | None
+    sent_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    nacks: int = 0
+    retry_at: float | None = None  # monotonic time to publish a nacked message again
+
+
+class _SendState:
+    """What was sent and not settled yet, across connections: a send until the relay has
+    answered it (or the caller stopped waiting), a receipt until the broker confirmed it."""
+
+    def __init__(self) -> None:
+        self.outgoing: dict[str, _Outgoing] = {}  # in publish order
+        self.answers: dict[str, RelayAnswer] = {}
+        self.confirmed: set[str] = set()
+        self.nacked: set[str] = set()
+
+    def new_send(self, to: str, text: str) -> _Outgoing:
+        body = json.dumps({"to": to, "text": text}, ensure_ascii=False).encode()
+        if len(body) > MAX_BODY_BYTES:
+            raise MessageRejected(
+                f"the message is too long ({len(body)} bytes; at most {MAX_BODY_BYTES})", "invalid"
+            )
+        return self._add(_Outgoing(str(uuid.uuid4()), body, TYPE_SEND, REPLY_TO))
+
+    def new_receipt(self, message_id: str, to: str, status: str) -> _Outgoing:
+        body = json.dumps({"message_id": message_id, "to": to, "status": status}).encode()
+        return self._add(_Outgoing(str(uuid.uuid4()), body, TYPE_RECEIPT, None))
+
+    def _add(self, outgoing: _Outgoing) -> _Outgoing:
+        self.outgoing[outgoing.client_id] = outgoing
+        return outgoing
+
+    def awaits_answer(self, client_id: str | None) -> bool:
+        outgoing = self.outgoing.get(client_id or "")
+        return outgoing is not None and outgoing.reply_to is not None
+
+    def on_confirm(self, client_id: str, ack: bool) -> None:
+        outgoing = self.outgoing.get(client_id)
+        if outgoing is None:
+            return
+        if outgoing.reply_to is None:  # a receipt: done either way
+            del self.outgoing[client_id]
+            if not ack:
+                logger.warning("the broker refused a receipt")
+            return
+        (self.confirmed if ack else self.nacked).add(client_id)
+
+    def on_answer(self, client_id: str, answer: RelayAnswer) -> None:
+        if self.awaits_answer(client_id):
+            self.answers[client_id] = answer
+
+    def take_answers(self, client_ids: Iterable[str]) -> dict[str, RelayAnswer]:
+        got = {}
+        for client_id in client_ids:
+            answer = self.answers.pop(client_id, None)
+            if answer is not None:
+                got[client_id] = answer
+                self.forget(client_id)
+        return got
+
+    def forget(self, client_id: str) -> None:
+        self.outgoing.pop(client_id, None)
+        self.confirmed.discard(client_id)
+        self.nacked.discard(client_id)
+
+    def to_publish_again(self) -> list[_Outgoing]:
+        """After a failover: everything unsettled, in order, as if never published."""
+        for client_id in self.outgoing:
+            self.confirmed.discard(client_id)
+            self.nacked.discard(client_id)
+        return list(self.outgoing.values())
+
+    def unanswered_error(self, client_id: str, timeout: float) -> MessengerError:
+        nacked, confirmed = client_id in self.nacked, client_id in self.confirmed
+        self.forget(client_id)
+        if nacked:
+            return BrokerRefused("the broker did not accept the message; it was not sent")
+        if confirmed:
+            return NotConfirmed(
+                f"the relay did not answer within {timeout:g} s; the broker holds the message",
+                client_id,
+            )
+        return BrokerUnreachable(
+            f"the broker did not confirm the message within {timeout:g} s; "
+            "it may not have been sent"
+        )
+
+
+class _Publisher:
+    """The sending channel of one connection: async confirms by sequence number, answers
+    by client id. On creation it publishes again whatever `sends` holds unsettled."""
+
+    def __init__(
+        self, connection: pika.BlockingConnection, username: str, sends: _SendState
+    ) -> None:
         self._connection = connection
         self._username = username
+        self._sends = sends
         self._channel = connection.channel()
         impl: pika.channel.Channel = self._channel._impl
         self._seq = 0
         self._unconfirmed: dict[int, str] = {}
-        self.confirmed: set[str] = set()
-        self.nacked: set[str] = set()
-        self._answers: dict[str, RelayAnswer] = {}
-        self._awaited: set[str] = set()
         self._wake_scheduled = False
         ready: list[bool] = []
         impl.confirm_delivery(
@@ -329,82 +614,31 @@ class _Publisher:
             if time.monotonic() > deadline:
                 raise BrokerUnreachable("the broker did not open a sending channel in time")
             connection.process_data_events(time_limit=0.1)
+        again = sends.to_publish_again()
+        if again:
+            logger.info("publishing %d unanswered messages again", len(again))
+        for outgoing in again:
+            self.publish(outgoing)
 
-    def publish_send(self, to: str, text: str) -> str:
-        client_id = str(uuid.uuid4())
-        body = json.dumps({"to": to, "text": text}, ensure_ascii=False).encode()
-        if len(body) > MAX_BODY_BYTES:
-            raise MessageRejected(
-                f"the message is too long ({len(body)} bytes; at most {MAX_BODY_BYTES})", "invalid"
-            )
-        self._awaited.add(client_id)
-        self._publish(body, TYPE_SEND, client_id, reply_to=REPLY_TO)
-        return client_id
-
-    def publish_receipt(self, message_id: str, to: str, status: str) -> None:
-        body = json.dumps({"message_id": message_id, "to": to, "status": status}).encode()
-        self._publish(body, TYPE_RECEIPT, str(uuid.uuid4()), reply_to=None)
-
-    def _publish(self, body: bytes, kind: str, client_id: str, *, reply_to: str | None) -> None:
+    def publish(self, outgoing: _Outgoing) -> None:
         props = pika.BasicProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=pika.DeliveryMode.Persistent,
             user_id=self._username,
-            message_id=client_id,
-            reply_to=reply_to,
-            type=kind,
-            headers={
-                PROTOCOL_HEADER: PROTOCOL_VERSION,
-                SENT_MS_HEADER: time.time_ns() // 1_000_000,
-            },
+            message_id=outgoing.client_id,
+            reply_to=outgoing.reply_to,
+            type=outgoing.kind,
+            headers={PROTOCOL_HEADER: PROTOCOL_VERSION, SENT_MS_HEADER: outgoing.sent_ms},
         )
         # Routing key = own name: the consistent-hash outbox keeps a sender on one shard.
-        self._channel.basic_publish(OUTBOX_EXCHANGE, self._username, body, props)
+        self._channel.basic_publish(OUTBOX_EXCHANGE, self._username, outgoing.body, props)
         self._seq += 1
-        self._unconfirmed[self._seq] = client_id
+        self._unconfirmed[self._seq] = outgoing.client_id
 
-    def collect(self, client_ids: list[str], timeout: float) -> dict[str, RelayAnswer]:
-        deadline = time.monotonic() + timeout
-        found: dict[str, RelayAnswer] = {}
-        pending = list(client_ids)
-        while True:
-            found.update(self.take_answers(pending))
-            pending = [c for c in pending if c not in found]
-            left = deadline - time.monotonic()
-            if not pending or left <= 0:
-                break
-            if any(c in self.nacked for c in pending):
-                break
-            self._connection.process_data_events(time_limit=min(left, 0.1))
-        for client_id in pending:  # no longer awaited: a late answer is dropped
-            self._awaited.discard(client_id)
-        return found
-
-    def take_answers(self, client_ids: Iterable[str]) -> dict[str, RelayAnswer]:
-        got = {}
-        for client_id in client_ids:
-            answer = self._answers.pop(client_id, None)
-            if answer is not None:
-                got[client_id] = answer
-                self._awaited.discard(client_id)
-                self.confirmed.discard(client_id)
-        return got
-
-    def unanswered_error(self, client_id: str, timeout: float) -> MessengerError:
-        self._awaited.discard(client_id)
-        if client_id in self.nacked:
-            self.nacked.discard(client_id)
-            return BrokerRefused("the broker did not accept the message; it was not sent")
-        if client_id in self.confirmed:
-            self.confirmed.discard(client_id)
-            return NotConfirmed(
-                f"the relay did not answer within {timeout:g} s; the broker holds the message",
-                client_id,
-            )
-        return BrokerUnreachable(
-            f"the broker did not confirm the message within {timeout:g} s; "
-            "it may not have been sent"
-        )
+    def close(self) -> None:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            if self._channel.is_open:
+                self._channel.close()
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method
@@ -415,10 +649,8 @@ class _Publisher:
             done = [method.delivery_tag]
         for seq in done:
             client_id = self._unconfirmed.pop(seq, None)
-            if client_id is not None and client_id in self._awaited:
-                (self.confirmed if ack else self.nacked).add(client_id)
-            elif client_id is not None and not ack:
-                logger.warning("the broker refused a receipt")
+            if client_id is not None:
+                self._sends.on_confirm(client_id, ack)
 
     def _on_answer(
         self,
@@ -433,8 +665,8 @@ class _Publisher:
             logger.warning("ignored an answer that could not be read")
             return
         client_id = answer.client_id or props.correlation_id
-        if client_id in self._awaited:
-            self._answers[client_id] = answer
+        if self._sends.awaits_answer(client_id):
+            self._sends.on_answer(client_id, answer)
             self._wake()
 
     def _wake(self) -> None:
@@ -486,6 +718,34 @@ def _connect(parameters: pika.ConnectionParameters, username: str) -> pika.Block
         raise _connection_error(exc, parameters, username) from None
     except pika.exceptions.AMQPError as exc:
         raise BrokerUnreachable(f"cannot connect to the broker ({_text(exc)})") from None
+
+
+def _unreachable(errors: dict[str, BrokerUnreachable]) -> BrokerUnreachable:
+    """One node: its own error. Several: what each said, in one line."""
+    if len(errors) == 1:
+        return next(iter(errors.values()))
+    reasons = "; ".join(f"{where}: {_text(exc)}" for where, exc in errors.items())
+    return BrokerUnreachable(
+        f"cannot reach any broker node ({reasons})", hint="is the server running?"
+    )
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A failure that another node (or the same one, later) may not have: a lost or closed
+    connection, or a channel error other than a refusal or a missing queue. The broker says
+    "down or inaccessible" (404) for a classic queue whose node is down: that one passes."""
+    if isinstance(
+        exc,
+        pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
+    ):
+        return False
+    if isinstance(
+        exc, pika.exceptions.ChannelClosedByBroker | pika.exceptions.ConnectionClosedByBroker
+    ):
+        if exc.reply_code in (403, 406, 530):
+            return False
+        return exc.reply_code != 404 or "down or inaccessible" in str(exc.reply_text)
+    return isinstance(exc, pika.exceptions.AMQPError)
 
 
 def _connection_error(

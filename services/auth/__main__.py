@@ -76,8 +76,12 @@ def serve() -> None:
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,
     )
+    amqp_urls = settings.client_amqp_urls()
     meta = Meta(
-        protocol_version=PROTOCOL_VERSION, amqp_url=settings.public_amqp_url, vhost=settings.vhost
+        protocol_version=PROTOCOL_VERSION,
+        amqp_url=amqp_urls[0],
+        amqp_urls=amqp_urls,
+        vhost=settings.vhost,
     )
     public = create_public_app(accounts, meta, settings.max_body_bytes)
     broker = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)

@@ -3,6 +3,8 @@
 One lazily opened pika BlockingConnection, used under a lock (pika connections are not
 thread-safe). A failed operation is retried once on a fresh connection, which covers a
 connection the broker dropped while idle; a second failure means the broker is unavailable.
+On a cluster, the connection goes to the first node of `MESSENGER_AUTH_AMQP_NODES` that
+answers (pika tries the parameter sets in order), so a dead node costs one refused connect.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Protocol
 
 import pika
@@ -31,8 +34,14 @@ class Inboxes(Protocol):
 
 
 class BrokerInboxes:
-    def __init__(self, parameters: pika.ConnectionParameters, queue_type: str) -> None:
-        self._parameters = parameters
+    def __init__(
+        self,
+        parameters: pika.ConnectionParameters | Sequence[pika.ConnectionParameters],
+        queue_type: str,
+    ) -> None:
+        if isinstance(parameters, pika.ConnectionParameters):
+            parameters = [parameters]
+        self._parameters = list(parameters)
         self._queue_type = queue_type
         self._lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
@@ -40,20 +49,24 @@ class BrokerInboxes:
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> BrokerInboxes:
-        parameters = pika.ConnectionParameters(
-            host=settings.amqp_host,
-            port=settings.amqp_port,
-            virtual_host=settings.vhost,
-            credentials=pika.PlainCredentials(
-                settings.amqp_user, settings.amqp_password.get_secret_value()
-            ),
-            connection_attempts=1,
-            socket_timeout=5,
-            stack_timeout=10,
-            blocked_connection_timeout=10,
-            heartbeat=30,
-            client_properties={"connection_name": "messenger-auth"},
+        credentials = pika.PlainCredentials(
+            settings.amqp_user, settings.amqp_password.get_secret_value()
         )
+        parameters = [
+            pika.ConnectionParameters(
+                host=host,
+                port=port,
+                virtual_host=settings.vhost,
+                credentials=credentials,
+                connection_attempts=1,
+                socket_timeout=5,
+                stack_timeout=10,
+                blocked_connection_timeout=10,
+                heartbeat=30,
+                client_properties={"connection_name": "messenger-auth"},
+            )
+            for host, port in settings.broker_nodes()
+        ]
         return cls(parameters, settings.inbox_queue_type)
 
     def declare(self, username: str) -> None:
@@ -84,7 +97,7 @@ class BrokerInboxes:
         if self._connection is None or not self._connection.is_open:
             self._connection = pika.BlockingConnection(self._parameters)
             self._channel = None
-            logger.info("connected to the broker as %s", self._parameters.credentials.username)
+            logger.info("connected to the broker as %s", self._parameters[0].credentials.username)
         if self._channel is None or not self._channel.is_open:
             self._channel = self._connection.channel()
         return self._channel

@@ -104,11 +104,70 @@ Outcome = Deliver | Reply | DeadLetter
 
 
 class Verdict(enum.Enum):
-    """What the broker said about an inbox publish."""
+    """What the broker said about an inbox publish (after `judge_refusal` for a refusal)."""
 
     CONFIRMED = "confirmed"  # basic.ack, not returned: in the recipient's inbox
     RETURNED = "returned"  # basic.return: no inbox bound for that name, no such user
     NACKED = "nacked"  # basic.nack: the inbox's length limit rejected it
+    UNAVAILABLE = "unavailable"  # the inbox exists but cannot take it now: hold, retry
+
+
+class InboxState(enum.Enum):
+    """What a passive declare of the recipient's inbox says, after a return or a nack."""
+
+    PRESENT = "present"  # declare-ok: the queue exists and its node answers
+    MISSING = "missing"  # 404 "no queue": nobody of that name signed up
+    UNAVAILABLE = "unavailable"  # 404 "home node ... down or inaccessible", or no answer
+
+
+@dataclass(frozen=True)
+class InboxCheck:
+    state: InboxState
+    message_count: int = 0
+
+
+def check_from_declare_ok(message_count: int) -> InboxCheck:
+    return InboxCheck(InboxState.PRESENT, message_count)
+
+
+def check_from_close(reply_code: int | None, reply_text: str) -> InboxCheck:
+    """The passive declare closed its channel: 404 names a missing queue, unless the queue
+    exists on a node that is down (RabbitMQ: "home node 'x' of durable queue 'y' in vhost
+    'z' is down or inaccessible"). Anything else (timeout, lost connection) is unavailable."""
+    if reply_code == 404 and "down or inaccessible" not in reply_text:
+        return InboxCheck(InboxState.MISSING)
+    return InboxCheck(InboxState.UNAVAILABLE)
+
+
+def judge_refusal(verdict: Verdict, check: InboxCheck) -> Verdict:
+    """What a returned or nacked inbox publish means, given the state of the inbox.
+
+    On one node a return means "no such user" and a nack "inbox full". On a cluster both
+    also happen while the inbox's node is down: a classic inbox on a dead node is unroutable
+    (returned), an inbox that cannot reach its node or a quorum majority nacks. Telling the
+    sender `unknown_recipient` or `inbox_full` then would be wrong, and the message would
+    be dropped. So a refusal is checked against a passive declare of the inbox:
+
+    - the queue does not exist -> RETURNED (unknown recipient), whatever the broker said;
+    - its node is down or the check got no answer -> UNAVAILABLE: the relay holds the
+      outbox message (unacked, so it is never lost) and publishes it again later;
+    - it exists and answers: a nack with messages waiting -> NACKED (full). A nack on an
+      empty queue cannot be the length limit (a quorum queue without a leader reports 0),
+      and a return from a queue that answers now means its node just came back: both are
+      UNAVAILABLE, retried.
+    """
+    if check.state is InboxState.MISSING:
+        return Verdict.RETURNED
+    if check.state is InboxState.UNAVAILABLE:
+        return Verdict.UNAVAILABLE
+    if verdict is Verdict.NACKED and check.message_count > 0:
+        return Verdict.NACKED
+    return Verdict.UNAVAILABLE
+
+
+def retry_delay(attempt: int, maximum: float, first: float = 0.5) -> float:
+    """Seconds before publishing a held message again: 0.5, 1, 2 ... capped (attempt >= 1)."""
+    return float(min(maximum, first * 2.0 ** max(0, attempt - 1)))
 
 
 def route(incoming: Incoming, *, now: datetime, new_id: str) -> Outcome:
@@ -132,8 +191,9 @@ def route(incoming: Incoming, *, now: datetime, new_id: str) -> Outcome:
 
 
 def answer_for(deliver: Deliver, verdict: Verdict) -> Answer | None:
-    """The sender's answer once the broker has judged the inbox publish."""
-    if deliver.reply_to is None:
+    """The sender's answer once the broker has judged the inbox publish; none while the
+    message is held for a retry (UNAVAILABLE)."""
+    if deliver.reply_to is None or verdict is Verdict.UNAVAILABLE:
         return None
     if verdict is Verdict.CONFIRMED:
         body = RelayAnswer(

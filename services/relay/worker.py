@@ -9,6 +9,23 @@ confirmed, returned or nacked, and its sender answered. One thread, one connecti
 channel: per-sender order holds because a shard's messages are published in the order they
 were consumed, and the broker keeps that order into the inbox queue.
 
+On a cluster the relay is given every node (MESSENGER_RELAY_AMQP_NODES) and uses one at a
+time: when its connection fails or is lost it connects to the next node at once, and waits
+(capped backoff) only after every node has failed in a row. What was in flight on the lost
+connection is redelivered by the broker; the server id is stable (routing.py), so a message
+relayed twice reaches its recipient twice with one id, and is shown once.
+
+A refused inbox publish (returned or nacked) is checked before the sender is told anything:
+a passive declare of the inbox, on a short-lived channel of its own (a 404 closes the
+channel it runs on), tells "no such user" from "its node is down". A message for an inbox
+that exists but is unavailable stays unacked in the outbox and is published again after a
+growing delay (routing.judge_refusal says which is which). Holding it keeps the promise
+that nothing confirmed is lost, and delivers it the moment the inbox is back; the sender,
+who gets no answer meanwhile, hears NotConfirmed ("queued, will be delivered"). The cost:
+held messages occupy the shard's prefetch window, so if more than `prefetch` of one shard's
+messages wait for a dead node's classic inboxes, that shard stalls until the node returns.
+Quorum inboxes never get there (they stay available while a majority of nodes runs).
+
 Decisions live in routing.py; this module only decodes, calls them, publishes and acks.
 """
 
@@ -31,17 +48,30 @@ from pika.adapters.select_connection import SelectConnection
 
 from protocol import PROTOCOL_VERSION
 from protocol.messages import PROTOCOL_HEADER, SENT_MS_HEADER, encode
+from protocol.nodes import Backoff, NodeRotation
 from protocol.pika_io import coalesce_pika_writes, describe_pika_error
-from protocol.topology import CONTENT_TYPE, INBOX_EXCHANGE, OUTBOX_QUEUES, TYPE_ANSWER
+from protocol.topology import (
+    CONTENT_TYPE,
+    INBOX_EXCHANGE,
+    OUTBOX_QUEUES,
+    TYPE_ANSWER,
+    inbox_queue,
+)
 from services.relay.ids import IdGenerator
 from services.relay.routing import (
     Answer,
     DeadLetter,
     Deliver,
+    InboxCheck,
+    InboxState,
     Incoming,
     Reply,
     Verdict,
     answer_for,
+    check_from_close,
+    check_from_declare_ok,
+    judge_refusal,
+    retry_delay,
     route,
 )
 from services.relay.settings import RelaySettings
@@ -54,24 +84,11 @@ MAX_AUTH_REFUSALS = 5
 # Reconnect attempts logged as warnings before they become errors.
 ESCALATE_AFTER_ATTEMPTS = 10
 STATS_INTERVAL_SECONDS = 30.0
+# A passive declare that gets no answer in this time counts as "inbox unavailable".
+PROBE_TIMEOUT_SECONDS = 5.0
 _HEADERS = {PROTOCOL_HEADER: PROTOCOL_VERSION}
 
-
-class Backoff:
-    """Capped exponential delays: 0.5, 1, 2, 4 ... up to `maximum`; `reset()` once healthy."""
-
-    def __init__(self, maximum: float, first: float = 0.5) -> None:
-        self.maximum = maximum
-        self.first = first
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay: float = min(self.maximum, self.first * 2.0**self.attempt)
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
+__all__ = ["Backoff", "RelayWorker", "Stats"]
 
 
 @dataclass
@@ -80,6 +97,7 @@ class Stats:
     receipts: int = 0
     unknown_recipient: int = 0
     inbox_full: int = 0
+    held: int = 0  # refused while the inbox was unavailable: kept and published again
     invalid: int = 0
     dead_lettered: int = 0
 
@@ -90,16 +108,17 @@ class Stats:
 class _Pending:
     """An inbox publish awaiting the broker's confirm, and the outbox message it came from."""
 
-    __slots__ = ("deliver", "outbox_tag", "returned")
+    __slots__ = ("attempts", "deliver", "outbox_tag", "returned")
 
-    def __init__(self, deliver: Deliver, outbox_tag: int) -> None:
+    def __init__(self, deliver: Deliver, outbox_tag: int, attempts: int = 1) -> None:
         self.deliver = deliver
         self.outbox_tag = outbox_tag
+        self.attempts = attempts
         self.returned = False
 
 
 class RelayWorker:
-    """Runs until `request_stop()`; reconnects with capped backoff when the broker goes."""
+    """Runs until `request_stop()`; moves to the next node when the broker goes."""
 
     def __init__(
         self,
@@ -111,7 +130,9 @@ class RelayWorker:
         self._settings = settings
         self._clock = clock
         self._ids = ids or IdGenerator()
-        self._backoff = Backoff(settings.reconnect_max_delay_seconds)
+        self._nodes = NodeRotation(
+            settings.broker_nodes(), max_delay=settings.reconnect_max_delay_seconds
+        )
         self.stats = Stats()
         self._stop_requested = threading.Event()
         self._auth_refusals = 0
@@ -142,14 +163,12 @@ class RelayWorker:
                 return 1
             if self._stop_requested.is_set():
                 break
-            delay = self._backoff.next_delay()
+            delay = self._nodes.failed()
             level = (
-                logging.ERROR
-                if self._backoff.attempt > ESCALATE_AFTER_ATTEMPTS
-                else logging.WARNING
+                logging.ERROR if self._nodes.failures > ESCALATE_AFTER_ATTEMPTS else logging.WARNING
             )
-            logger.log(level, "%s; reconnecting to the broker in %.1f s (attempt %d)",
-                       self._failure, delay, attempt + 1)  # fmt: skip
+            logger.log(level, "%s; reconnecting to the broker in %.1f s (%s, attempt %d)",
+                       self._failure, delay, self._where(), attempt + 1)  # fmt: skip
             self._sleep(delay)
         logger.info("relay stopped (%s)", self.stats.line())
         return 0
@@ -163,11 +182,16 @@ class RelayWorker:
 
     # -- connection and channel ------------------------------------------------------------
 
+    def _where(self) -> str:
+        host, port = self._nodes.current
+        return f"{host}:{port}"
+
     def _parameters(self) -> pika.ConnectionParameters:
         s = self._settings
+        host, port = self._nodes.current
         return pika.ConnectionParameters(
-            host=s.amqp_host,
-            port=s.amqp_port,
+            host=host,
+            port=port,
             virtual_host=s.vhost,
             credentials=pika.PlainCredentials(s.amqp_user, s.amqp_password.get_secret_value()),
             heartbeat=30,
@@ -178,6 +202,11 @@ class RelayWorker:
 
     def _reset_channel_state(self) -> None:
         self._channel: pika.channel.Channel | None = None
+        # Answers go out on a channel of their own: RabbitMQ 3.10 closes a channel (541)
+        # that publishes to the direct reply-to of a connection on a node that is down, and
+        # that must not take the outbox acks and inbox confirms down with it.
+        self._answer_channel: pika.channel.Channel | None = None
+        self._answer_channel_opening = False
         self._publish_seq = 0
         self._pending: dict[int, _Pending] = {}
         # server id -> sequence numbers in flight (one, unless a client reused its id)
@@ -185,18 +214,20 @@ class RelayWorker:
         self._consumer_tags: set[str] = set()
         self._consuming = 0
         self._shutting_down = False
+        # Refused publishes waiting for their inbox check or for their retry.
+        self._held: set[_Pending] = set()
+        # recipient -> what to do with the result of the check in progress for that inbox
+        self._probes: dict[str, list[Callable[[InboxCheck], None]]] = {}
 
     def _on_connection_open(self, connection: pika.connection.Connection) -> None:
-        logger.info(
-            "connected to the broker at %s:%d", self._settings.amqp_host, self._settings.amqp_port
-        )
+        logger.info("connected to the broker at %s", self._where())
         self._auth_refusals = 0
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_connection_open_error(
         self, connection: pika.connection.Connection, error: BaseException | str
     ) -> None:
-        where = f"{self._settings.amqp_host}:{self._settings.amqp_port}"
+        where = self._where()
         if isinstance(
             error,
             pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError,
@@ -216,7 +247,7 @@ class RelayWorker:
     def _on_connection_closed(
         self, connection: pika.connection.Connection, reason: BaseException
     ) -> None:
-        in_flight = len(self._pending)
+        in_flight = len(self._pending) + len(self._held)
         self._reset_channel_state()
         if self._stop_requested.is_set():
             logger.info("connection closed")
@@ -231,7 +262,28 @@ class RelayWorker:
         if self._connection is not None:
             self._connection.ioloop.stop()
 
+    def _open_answer_channel(self) -> None:
+        connection = self._connection
+        if self._answer_channel_opening or connection is None or not connection.is_open:
+            return
+        self._answer_channel_opening = True
+
+        def on_open(channel: pika.channel.Channel) -> None:
+            self._answer_channel_opening = False
+            self._answer_channel = channel
+            channel.add_on_close_callback(on_closed)
+
+        def on_closed(channel: pika.channel.Channel, reason: BaseException) -> None:
+            if self._answer_channel is channel:
+                self._answer_channel = None
+            if not self._shutting_down and not self._stop_requested.is_set():
+                logger.info("the answer channel closed (%s); reopening it", _reason(reason))
+                self._open_answer_channel()
+
+        connection.channel(on_open_callback=on_open)
+
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self._open_answer_channel()
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
@@ -257,7 +309,7 @@ class RelayWorker:
             logger.info(
                 "consuming %s (prefetch %d each)", ", ".join(OUTBOX_QUEUES), self._settings.prefetch
             )
-            self._backoff.reset()
+            self._nodes.succeeded()
             if self._connection is not None:
                 self._connection.ioloop.call_later(STATS_INTERVAL_SECONDS, self._log_stats)
 
@@ -294,22 +346,7 @@ class RelayWorker:
         outcome = route(incoming, now=self._clock(), new_id=self._ids.next_id())
         tag = method.delivery_tag
         if isinstance(outcome, Deliver):
-            seq = self._publish(
-                INBOX_EXCHANGE,
-                outcome.recipient,
-                outcome.body,
-                pika.BasicProperties(
-                    content_type=CONTENT_TYPE,
-                    delivery_mode=pika.DeliveryMode.Persistent,
-                    message_id=outcome.message_id,
-                    type=outcome.type,
-                    timestamp=int(outcome.sent_at.timestamp()),
-                    headers=_HEADERS,
-                ),
-                mandatory=True,
-            )
-            self._pending[seq] = _Pending(outcome, tag)
-            self._by_message_id.setdefault(outcome.message_id, []).append(seq)
+            self._deliver(_Pending(outcome, tag))
         elif isinstance(outcome, Reply):
             self.stats.invalid += 1
             logger.info(
@@ -329,6 +366,27 @@ class RelayWorker:
                 self.stats.dead_lettered,
             )
             channel.basic_reject(tag, requeue=False)
+
+    def _deliver(self, pending: _Pending) -> None:
+        """Publish to the recipient's inbox; `_on_confirm` settles it."""
+        deliver = pending.deliver
+        seq = self._publish(
+            INBOX_EXCHANGE,
+            deliver.recipient,
+            deliver.body,
+            pika.BasicProperties(
+                content_type=CONTENT_TYPE,
+                delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=deliver.message_id,
+                type=deliver.type,
+                timestamp=int(deliver.sent_at.timestamp()),
+                headers=_HEADERS,
+            ),
+            mandatory=True,
+        )
+        pending.returned = False
+        self._pending[seq] = pending
+        self._by_message_id.setdefault(deliver.message_id, []).append(seq)
 
     def _on_return(
         self,
@@ -359,7 +417,11 @@ class RelayWorker:
         for seq in done:
             pending = self._pending.pop(seq)
             self._forget(pending.deliver.message_id, seq)
-            self._settle(pending, Verdict.RETURNED if pending.returned else base)
+            verdict = Verdict.RETURNED if pending.returned else base
+            if verdict is Verdict.CONFIRMED:
+                self._settle(pending, verdict)
+            else:
+                self._check_inbox(pending, verdict)
         if self._shutting_down:
             self._maybe_finish_shutdown()
 
@@ -369,6 +431,84 @@ class RelayWorker:
             seqs.remove(seq)
             if not seqs:
                 del self._by_message_id[message_id]
+
+    # -- refused publishes: check the inbox, then answer or hold and retry -----------------
+
+    def _check_inbox(self, pending: _Pending, verdict: Verdict) -> None:
+        self._held.add(pending)
+
+        def judged(check: InboxCheck) -> None:
+            if pending not in self._held or not self._channel_usable():
+                return  # the connection went: the broker redelivers the outbox message
+            outcome = judge_refusal(verdict, check)
+            if outcome is Verdict.UNAVAILABLE:
+                self._hold(pending, check)
+            else:
+                self._held.discard(pending)
+                self._settle(pending, outcome)
+
+        self._probe(pending.deliver.recipient, judged)
+
+    def _hold(self, pending: _Pending, check: InboxCheck) -> None:
+        self.stats.held += 1
+        delay = retry_delay(pending.attempts, self._settings.retry_max_delay_seconds)
+        level = logging.WARNING if pending.attempts == 1 else logging.DEBUG
+        logger.log(
+            level,
+            "the inbox of %r is %s: holding message %s, retrying in %.1f s (attempt %d)",
+            pending.deliver.recipient,
+            "not taking messages" if check.state is InboxState.PRESENT else "unavailable",
+            pending.deliver.message_id,
+            delay,
+            pending.attempts + 1,
+        )
+        assert self._connection is not None
+        self._connection.ioloop.call_later(delay, lambda: self._retry(pending))
+
+    def _retry(self, pending: _Pending) -> None:
+        if pending not in self._held or not self._channel_usable() or self._shutting_down:
+            return
+        self._held.discard(pending)
+        pending.attempts += 1
+        self._deliver(pending)
+
+    def _probe(self, recipient: str, done: Callable[[InboxCheck], None]) -> None:
+        """Passive-declare `inbox.<recipient>` on a channel of its own, then call `done`
+        (within PROBE_TIMEOUT_SECONDS). Checks of one inbox that overlap share one declare."""
+        waiting = self._probes.get(recipient)
+        if waiting is not None:
+            waiting.append(done)
+            return
+        waiters = self._probes[recipient] = [done]
+        connection = self._connection
+        assert connection is not None
+
+        def finish(check: InboxCheck) -> None:
+            if self._probes.get(recipient) is waiters:  # the first result wins, once
+                del self._probes[recipient]
+                for callback in waiters:
+                    callback(check)
+
+        def on_open(channel: pika.channel.Channel) -> None:
+            def on_ok(frame: pika.frame.Method) -> None:
+                finish(check_from_declare_ok(frame.method.message_count))
+                if channel.is_open:
+                    channel.close()
+
+            def on_closed(_channel: pika.channel.Channel, reason: BaseException) -> None:
+                code = getattr(reason, "reply_code", None)
+                finish(check_from_close(code, str(getattr(reason, "reply_text", reason))))
+
+            channel.add_on_close_callback(on_closed)
+            channel.queue_declare(inbox_queue(recipient), passive=True, callback=on_ok)
+
+        connection.channel(on_open_callback=on_open)
+        connection.ioloop.call_later(
+            PROBE_TIMEOUT_SECONDS, lambda: finish(InboxCheck(InboxState.UNAVAILABLE))
+        )
+
+    def _channel_usable(self) -> bool:
+        return self._channel is not None and self._channel.is_open
 
     def _settle(self, pending: _Pending, verdict: Verdict) -> None:
         deliver = pending.deliver
@@ -394,8 +534,14 @@ class RelayWorker:
         self._channel.basic_ack(pending.outbox_tag)
 
     def _answer(self, answer: Answer) -> None:
-        """Transient and unconfirmed: a lost answer leaves the client `NotConfirmed`, no more."""
-        self._publish(
+        """Transient and unconfirmed: a lost answer leaves the client `NotConfirmed`, no more.
+        (Also while the answer channel is being reopened: its requester is most likely gone.)"""
+        channel = self._answer_channel
+        if channel is None or not channel.is_open:
+            logger.debug("answer channel not open: dropped the answer to %s", answer.reply_to)
+            self._open_answer_channel()
+            return
+        channel.basic_publish(
             "",
             answer.reply_to,
             encode(answer.body),
@@ -436,7 +582,12 @@ class RelayWorker:
             else:
                 self._stop_ioloop()
             return
-        logger.info("stopping: no new messages; finishing %d in flight", len(self._pending))
+        logger.info(
+            "stopping: no new messages; finishing %d in flight (%d held for unavailable "
+            "inboxes go back to the outbox)",
+            len(self._pending),
+            len(self._held),
+        )
         for tag in list(self._consumer_tags):
             self._channel.basic_cancel(tag, callback=self._on_cancel_ok)
         connection.ioloop.call_later(self._settings.shutdown_grace_seconds, self._close)
@@ -452,10 +603,10 @@ class RelayWorker:
     def _close(self) -> None:
         connection = self._connection
         if connection is not None and connection.is_open:
-            if self._pending:
+            if self._pending or self._held:
                 logger.warning(
                     "closing with %d unconfirmed messages; the broker will redeliver them",
-                    len(self._pending),
+                    len(self._pending) + len(self._held),
                 )
             connection.close()
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -221,6 +221,23 @@ def start_auth(broker: Broker, workdir: Path | None = None, **env_overrides: str
         service.stop()
         raise
     return service
+
+
+def node_list(nodes: Sequence[LocalNode]) -> str:
+    """`host:port,...`: every node of a cluster, for MESSENGER_{AUTH,RELAY}_AMQP_NODES."""
+    return ",".join(f"{node.host}:{node.amqp_port}" for node in nodes)
+
+
+def cluster_auth_env(nodes: Sequence[LocalNode]) -> dict[str, str]:
+    """Auth-service settings that use every node and announce every node to clients."""
+    return {
+        "MESSENGER_AUTH_AMQP_NODES": node_list(nodes),
+        "MESSENGER_AUTH_PUBLIC_AMQP_URLS": ",".join(node.public_amqp_url for node in nodes),
+    }
+
+
+def cluster_relay_env(nodes: Sequence[LocalNode]) -> dict[str, str]:
+    return {"MESSENGER_RELAY_AMQP_NODES": node_list(nodes)}
 
 
 def relay_env(broker: Broker, **overrides: str) -> dict[str, str]:

@@ -70,8 +70,14 @@ def test_quit_leaves_the_chat(tmp_path: Path, auth: AuthService):
     alice = Person.signed_up(tmp_path, auth, "alice", "Alice")
     bob = Person.signed_up(tmp_path, auth, "bob", "Bob")
     env = alice.env(TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", NO_COLOR="1")
-    chat = pexpect.spawn(sys.executable, [*COMMAND[1:], "chat", bob.username], env=env,
-                         encoding="utf-8", dimensions=(24, 100), timeout=20)
+    chat = pexpect.spawn(
+        sys.executable,
+        [*COMMAND[1:], "chat", bob.username],
+        env=env,
+        encoding="utf-8",
+        dimensions=(24, 100),
+        timeout=20,
+    )
     try:
         chat.expect_exact("Chat with")
         chat.sendline("/quit")

@@ -43,6 +43,7 @@ DEPLOYMENT_DOCS = (REPO / "README.md", REPO / "docs" / "deployment.md")
 DEV_PASSWORDS = {"relay": "relay-dev-password", "auth": "auth-dev-password"}
 PASSWORD_VARIABLES = {"relay": "MESSENGER_RELAY_PASSWORD", "auth": "MESSENGER_AUTH_PASSWORD"}
 PUBLIC_PORTS = {8080, 5672}
+CLUSTER_AMQP_PORTS = {"broker-2": 5673, "broker-3": 5674}  # profile `cluster` only
 BROKER_API_PORT = 8081
 MANAGEMENT_PORT = 15672
 
@@ -278,7 +279,9 @@ def test_service_environment_names_are_real_settings(
             assert key.startswith(prefix), f"{service}: {key} is not one of its settings"
             assert key.removeprefix(prefix).lower() in settings.model_fields, f"{service}: {key}"
         assert f"{prefix}AMQP_PASSWORD" in env
-        assert env[f"{prefix}AMQP_HOST"] == "broker"
+        nodes = INTERPOLATION.fullmatch(env[f"{prefix}AMQP_NODES"])
+        assert nodes is not None, f"{service}: the node list comes from the environment"
+        assert (nodes["name"], nodes["default"]) == ("MESSENGER_BROKER_NODES", "broker:5672")
 
 
 # -- the broker runs our configuration -----------------------------------------------------
@@ -350,8 +353,11 @@ def test_only_the_public_api_and_amqp_are_published(
     published = {name: published_ports(svc) for name, svc in services.items()}
     assert published["auth"] == [("0.0.0.0", 8080, 8080)]
     assert published["broker"] == [("0.0.0.0", 5672, 5672)]
+    for name, port in CLUSTER_AMQP_PORTS.items():
+        assert published[name] == [("0.0.0.0", port, 5672)]
+        assert services[name]["profiles"] == ["cluster"]
     every = {port for ports in published.values() for _, port, _ in ports}
-    assert every == PUBLIC_PORTS
+    assert every == PUBLIC_PORTS | set(CLUSTER_AMQP_PORTS.values())
 
 
 def test_broker_api_and_management_are_not_published(
@@ -744,3 +750,24 @@ def test_render_command_writes_quorum_queues_when_asked(
     queues = json.loads(output.read_text())["queues"]
     assert {q["arguments"]["x-queue-type"] for q in queues} == {"quorum"}
     assert all(q["arguments"]["x-single-active-consumer"] for q in queues if "outbox" in q["name"])
+
+
+def test_make_run_cluster_points_services_and_clients_at_every_node(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """`make run CLUSTER=1` with Docker: the relays and the auth service get every node on
+    the deployment's network, clients every node's published port."""
+    from deploy.run import CLUSTER_COMPOSE_ENV
+
+    nodes = broker_nodes(services)
+    internal = CLUSTER_COMPOSE_ENV["MESSENGER_BROKER_NODES"].split(",")
+    assert sorted(internal) == sorted(f"{svc['hostname']}:5672" for svc in nodes.values())
+    assert internal[0] == "broker:5672"  # the node that formed the cluster comes first
+    public = CLUSTER_COMPOSE_ENV["MESSENGER_PUBLIC_AMQP_URLS"].split(",")
+    published = sorted(
+        port for svc in nodes.values() for _, port, _ in published_ports(svc) if port is not None
+    )
+    assert sorted(int(url.rsplit(":", 1)[1]) for url in public) == published
+    text = "\n".join(p.read_text() for p in DEPLOYMENT_DOCS if p.exists())
+    for name in ("MESSENGER_BROKER_NODES", "MESSENGER_PUBLIC_AMQP_URLS"):
+        assert f"{name}={CLUSTER_COMPOSE_ENV[name]}" in text, f"docs: {name}"

@@ -1,11 +1,13 @@
 """The client library's errors, where no broker is needed to provoke them."""
 
+import pika.exceptions
 import pytest
 
 from clients.library.errors import BrokerUnreachable
-from clients.library.messaging import MessengerConnection
+from clients.library.messaging import MessengerConnection, _retryable, _SendState
 from deploy.local_broker import free_port
 from protocol.accounts import Meta
+from protocol.messages import RelayAnswer
 
 
 def test_nobody_listening_is_broker_unreachable_with_a_readable_reason():
@@ -23,3 +25,46 @@ def test_an_unusable_broker_url_is_reported():
     meta = Meta(protocol_version=1, amqp_url="http://example.org", vhost="messenger")
     with pytest.raises(BrokerUnreachable, match="unusable broker URL"):
         MessengerConnection.open(meta, "alice", "secret")
+
+
+def test_every_announced_node_is_tried_and_each_named_when_none_answers():
+    ports = [free_port(), free_port()]
+    urls = [f"amqp://127.0.0.1:{port}" for port in ports]
+    meta = Meta(protocol_version=1, amqp_url=urls[0], amqp_urls=urls, vhost="messenger")
+    with pytest.raises(BrokerUnreachable, match="cannot reach any broker node") as caught:
+        MessengerConnection.open(meta, "alice", "secret")
+    assert all(f"127.0.0.1:{port}" in str(caught.value) for port in ports)
+
+
+def test_a_lost_connection_or_a_down_queue_is_retried_but_a_refusal_is_not():
+    assert _retryable(pika.exceptions.StreamLostError("Transport indicated EOF"))
+    assert _retryable(pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED"))
+    assert _retryable(pika.exceptions.ChannelWrongStateError("Channel is closed."))
+    down = "NOT_FOUND - home node 'rabbit@b' of durable queue 'inbox.a' is down or inaccessible"
+    assert _retryable(pika.exceptions.ChannelClosedByBroker(404, down))
+    assert not _retryable(pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND - no queue"))
+    assert not _retryable(pika.exceptions.ChannelClosedByBroker(403, "ACCESS_REFUSED"))
+    assert not _retryable(pika.exceptions.ProbableAuthenticationError("bad login"))
+
+
+def test_after_a_failover_everything_unanswered_is_published_again_in_order():
+    sends = _SendState()
+    first, second = sends.new_send("bob", "one"), sends.new_send("bob", "two")
+    receipt = sends.new_receipt("m1", "bob", "delivered")
+    sends.on_confirm(first.client_id, ack=True)  # confirmed, but its answer was lost with
+    sends.on_confirm(receipt.client_id, ack=True)  # the connection; the receipt is done
+    answer = RelayAnswer(status="accepted", client_id=second.client_id, id="s2")
+    sends.on_answer(second.client_id, answer)
+    assert sends.take_answers([second.client_id]) == {second.client_id: answer}
+    again = sends.to_publish_again()
+    assert [o.client_id for o in again] == [first.client_id]
+    assert again[0].sent_ms == first.sent_ms  # same send time: the relay keeps the server id
+    assert first.client_id not in sends.confirmed
+
+
+def test_an_answer_nobody_waits_for_is_dropped():
+    sends = _SendState()
+    sent = sends.new_send("bob", "one")
+    sends.forget(sent.client_id)
+    sends.on_answer(sent.client_id, RelayAnswer(status="accepted", client_id=sent.client_id))
+    assert sends.answers == {}

@@ -11,10 +11,16 @@ from services.relay.ids import stable_id
 from services.relay.routing import (
     DeadLetter,
     Deliver,
+    InboxCheck,
+    InboxState,
     Incoming,
     Reply,
     Verdict,
     answer_for,
+    check_from_close,
+    check_from_declare_ok,
+    judge_refusal,
+    retry_delay,
     route,
 )
 
@@ -171,3 +177,44 @@ def test_a_bad_receipt_is_invalid_not_fatal():
     body = {"message_id": "m-9", "to": "alice", "status": "seen"}
     outcome = route(incoming(body, type=TYPE_RECEIPT), now=NOW, new_id=FRESH)
     assert isinstance(outcome, Reply)
+
+
+# -- a refused inbox publish, judged against the state of the inbox ------------------------
+
+DOWN_TEXT = (
+    "NOT_FOUND - home node 'rabbit@b' of durable queue 'inbox.c' in vhost 'messenger' "
+    "is down or inaccessible"
+)
+
+
+def test_a_404_names_a_missing_inbox_unless_its_node_is_down():
+    assert check_from_close(404, "NOT_FOUND - no queue 'inbox.c'").state is InboxState.MISSING
+    assert check_from_close(404, DOWN_TEXT).state is InboxState.UNAVAILABLE
+    assert check_from_close(None, "connection lost").state is InboxState.UNAVAILABLE
+    assert check_from_close(541, "INTERNAL_ERROR").state is InboxState.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("verdict", "check", "outcome"),
+    [
+        (Verdict.RETURNED, InboxCheck(InboxState.MISSING), Verdict.RETURNED),
+        (Verdict.NACKED, InboxCheck(InboxState.MISSING), Verdict.RETURNED),
+        (Verdict.RETURNED, InboxCheck(InboxState.UNAVAILABLE), Verdict.UNAVAILABLE),
+        (Verdict.NACKED, InboxCheck(InboxState.UNAVAILABLE), Verdict.UNAVAILABLE),
+        (Verdict.NACKED, check_from_declare_ok(3), Verdict.NACKED),
+        (Verdict.NACKED, check_from_declare_ok(0), Verdict.UNAVAILABLE),
+        (Verdict.RETURNED, check_from_declare_ok(3), Verdict.UNAVAILABLE),
+    ],
+)
+def test_a_refusal_is_unknown_recipient_full_or_retried(verdict, check, outcome):
+    assert judge_refusal(verdict, check) is outcome
+
+
+def test_a_held_message_gets_no_answer_yet():
+    deliver = route(incoming(), now=NOW, new_id=FRESH)
+    assert isinstance(deliver, Deliver)
+    assert answer_for(deliver, Verdict.UNAVAILABLE) is None
+
+
+def test_retry_delays_double_up_to_the_cap():
+    assert [retry_delay(n, maximum=3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]

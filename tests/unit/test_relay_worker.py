@@ -2,19 +2,22 @@
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pika
+import pika.exceptions
 import pika.frame
 import pika.spec
 from pydantic import SecretStr
 
 from protocol.messages import SENT_MS_HEADER
-from protocol.topology import INBOX_EXCHANGE, TYPE_ANSWER, TYPE_MESSAGE, TYPE_SEND
+from protocol.nodes import Backoff
+from protocol.topology import INBOX_EXCHANGE, TYPE_ANSWER, TYPE_MESSAGE, TYPE_SEND, inbox_queue
 from services.relay.settings import RelaySettings
-from services.relay.worker import Backoff, RelayWorker
+from services.relay.worker import PROBE_TIMEOUT_SECONDS, RelayWorker
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 REPLY = "amq.rabbitmq.reply-to.abc"
@@ -45,11 +48,83 @@ class FakeChannel:
         self.rejected.append((delivery_tag, requeue))
 
 
-def make_worker() -> tuple[RelayWorker, FakeChannel]:
+DOWN = "NOT_FOUND - home node 'rabbit@b' of durable queue 'inbox.x' in vhost 'messenger' is down or inaccessible"  # noqa: E501
+MISSING = "NOT_FOUND - no queue 'inbox.x' in vhost 'messenger'"
+
+
+@dataclass
+class FakeProbeChannel:
+    """A channel for passive declares: `inboxes` maps a queue to its message count, or to
+    the 404 text the broker closes the channel with; absent: no answer at all."""
+
+    inboxes: dict[str, int | str]
+    declared: list[str]
+    is_open: bool = True
+    on_close: Callable[..., None] | None = None
+
+    def add_on_close_callback(self, callback: Callable[..., None]) -> None:
+        self.on_close = callback
+
+    def queue_declare(self, queue: str, passive: bool, callback: Callable[..., None]) -> None:
+        assert passive
+        self.declared.append(queue)
+        state = self.inboxes.get(queue)
+        if isinstance(state, int):
+            callback(pika.frame.Method(2, pika.spec.Queue.DeclareOk(queue, state, 0)))
+        elif isinstance(state, str):
+            self._closed(pika.exceptions.ChannelClosedByBroker(404, state))
+
+    def close(self) -> None:
+        self._closed(pika.exceptions.ChannelClosedByClient(200, "Normal shutdown"))
+
+    def _closed(self, reason: BaseException) -> None:
+        self.is_open = False
+        assert self.on_close is not None
+        self.on_close(self, reason)
+
+
+@dataclass
+class FakeConnection:
+    """Opens probe channels at once; `call_later` timers run when the test says."""
+
+    inboxes: dict[str, int | str] = field(default_factory=dict)
+    declared: list[str] = field(default_factory=list)
+    timers: list[tuple[float, Callable[[], None]]] = field(default_factory=list)
+    is_open: bool = True
+
+    @property
+    def ioloop(self) -> "FakeConnection":
+        return self
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.timers.append((delay, callback))
+
+    def run_timers(self, *, up_to: float) -> list[float]:
+        due = [t for t in self.timers if t[0] <= up_to]
+        self.timers = [t for t in self.timers if t[0] > up_to]
+        for _, callback in due:
+            callback()
+        return [delay for delay, _ in due]
+
+    def channel(self, on_open_callback: Callable[[FakeProbeChannel], None]) -> None:
+        on_open_callback(FakeProbeChannel(self.inboxes, self.declared))
+
+
+def make_worker(**inboxes: int | str) -> tuple[RelayWorker, FakeChannel]:
+    """`inboxes`: recipient -> message count, or the 404 text of its passive declare."""
     worker = RelayWorker(RelaySettings(amqp_password=SecretStr("x")), clock=lambda: NOW)
     channel = FakeChannel()
-    worker._channel = channel
+    worker._channel = worker._answer_channel = channel
+    worker._connection = FakeConnection(
+        {inbox_queue(name): state for name, state in inboxes.items()}
+    )
     return worker, channel
+
+
+def fake_connection(worker: RelayWorker) -> FakeConnection:
+    connection = worker._connection
+    assert isinstance(connection, FakeConnection)
+    return connection
 
 
 def deliver(
@@ -112,14 +187,14 @@ def test_many_publishes_are_outstanding_and_a_multiple_confirm_settles_them_in_o
     assert channel.acked == []
     confirm(worker, 60, multiple=True)
     assert channel.acked == list(range(1, 61))
-    # The 60 answers took sequence numbers 101..160 on the same channel.
+    # The answers go out on the answer channel: they take no sequence numbers.
     confirm(worker, 100, multiple=True)
     assert channel.acked == list(range(1, 101))
     assert worker.stats.relayed == 100
 
 
-def test_a_returned_message_is_answered_unknown_recipient_and_acked():
-    worker, channel = make_worker()
+def test_a_returned_message_for_a_missing_inbox_is_answered_unknown_recipient_and_acked():
+    worker, channel = make_worker(nobody=MISSING)
     deliver(worker, channel, 3, {"to": "nobody", "text": "hi"})
     [inbox] = channel.published
     worker._on_return(
@@ -133,13 +208,70 @@ def test_a_returned_message_is_answered_unknown_recipient_and_acked():
     assert answers(channel)[0]["reason"] == "unknown_recipient"
 
 
-def test_a_nack_means_the_inbox_is_full():
-    worker, channel = make_worker()
+def test_a_nack_from_an_inbox_holding_messages_means_it_is_full():
+    worker, channel = make_worker(bob=2)
     deliver(worker, channel, 4, {"to": "bob", "text": "hi"})
     confirm(worker, 1, ack=False)
     assert channel.acked == [4]
     assert answers(channel)[0]["reason"] == "inbox_full"
     assert worker.stats.inbox_full == 1
+
+
+def test_a_message_returned_while_the_inbox_node_is_down_is_held_and_published_again():
+    worker, channel = make_worker(carol=DOWN)
+    deliver(worker, channel, 5, {"to": "carol", "text": "are you there?"})
+    [first] = channel.published
+    worker._on_return(channel, pika.spec.Basic.Return(reply_code=312), first["props"], b"")
+    confirm(worker, 1)
+    assert channel.acked == [] and answers(channel) == []  # not unknown_recipient: kept
+    assert worker.stats.held == 1 and worker.stats.unknown_recipient == 0
+
+    assert fake_connection(worker).run_timers(up_to=0.5) == [0.5]  # the first retry
+    again = channel.published[-1]
+    assert again["routing_key"] == "carol" and again["mandatory"]
+    assert again["props"].message_id == first["props"].message_id  # same server id
+    confirm(worker, 2)
+    assert channel.acked == [5]
+    assert [a["status"] for a in answers(channel)] == ["accepted"]
+
+
+def test_a_nack_from_an_empty_or_unreachable_inbox_is_retried_with_growing_delays():
+    worker, channel = make_worker(bob=0)
+    deliver(worker, channel, 6, {"to": "bob", "text": "hi"})
+    connection = fake_connection(worker)
+    confirm(worker, 1, ack=False)  # no leader: a quorum inbox reports 0 messages
+    assert connection.run_timers(up_to=0.5) == [0.5]
+    connection.inboxes[inbox_queue("bob")] = DOWN
+    confirm(worker, 2, ack=False)
+    assert connection.run_timers(up_to=1.0) == [1.0]
+    del connection.inboxes[inbox_queue("bob")]  # the declare gets no answer: times out
+    confirm(worker, 3, ack=False)
+    connection.run_timers(up_to=PROBE_TIMEOUT_SECONDS)  # (earlier checks' timers: no-ops)
+    assert connection.run_timers(up_to=2.0) == [2.0]
+    assert channel.acked == [] and answers(channel) == []
+    confirm(worker, 4)
+    assert channel.acked == [6]
+    assert answers(channel)[0]["status"] == "accepted"
+
+
+def test_refusals_for_one_inbox_share_one_check():
+    worker, channel = make_worker()  # the declare hangs until the timeout
+    for tag in (1, 2):
+        deliver(worker, channel, tag, {"to": "dave", "text": f"m{tag}"})
+    confirm(worker, 2, ack=False, multiple=True)
+    connection = fake_connection(worker)
+    assert connection.declared == [inbox_queue("dave")]
+    connection.run_timers(up_to=PROBE_TIMEOUT_SECONDS)
+    assert worker.stats.held == 2
+
+
+def test_held_messages_are_dropped_with_the_channel_and_left_to_the_broker():
+    worker, channel = make_worker(carol=DOWN)
+    deliver(worker, channel, 5, {"to": "carol", "text": "hi"})
+    confirm(worker, 1, ack=False)
+    channel.is_open = False  # the connection went: the broker redelivers message 5
+    fake_connection(worker).run_timers(up_to=1)
+    assert len(channel.published) == 1 and channel.acked == []
 
 
 def test_unreadable_input_is_rejected_without_requeue_and_the_next_one_served():
@@ -170,7 +302,7 @@ def test_backoff_doubles_up_to_the_cap_and_resets():
 
 def test_a_reused_client_id_still_gets_each_return_right():
     """Two in-flight publishes with one server id: returns pair up in publish order."""
-    worker, channel = make_worker()
+    worker, channel = make_worker(nobody=MISSING)
     headers = {SENT_MS_HEADER: 1_700_000_000_000}
     deliver(worker, channel, 1, {"to": "nobody", "text": "a"}, message_id="same", headers=headers)
     deliver(worker, channel, 2, {"to": "nobody", "text": "a"}, message_id="same", headers=headers)
