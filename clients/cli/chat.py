@@ -125,7 +125,7 @@ class Sender(threading.Thread):
             error = explain_rejection(exc, peer, self._screen.names)
             self._screen.problem(str(error), error.hint)
         except NotConfirmed as exc:
-            stored = record_queued(self._history, peer, raw, exc.client_id)
+            stored = record_queued(self._history, peer, raw, exc)
             self._screen.message(stored)
         except MessengerError as exc:
             self._screen.problem(f"not sent: {exc}", exc.hint)

@@ -68,14 +68,15 @@ def record_sent(history: History, to: str, text: str, answer: RelayAnswer) -> St
     )
 
 
-def record_queued(history: History, to: str, text: str, client_id: str) -> StoredMessage:
-    """Not yet answered: kept under the client id, so the history still shows it."""
+def record_queued(history: History, to: str, text: str, queued: NotConfirmed) -> StoredMessage:
+    """Not yet answered: kept under the id the relay will stamp (known from the client id
+    and send time), so the recipient's `delivered` receipt turns it into delivered."""
     return history.store_sent(
-        client_id,
+        queued.message_id or queued.client_id,
         to=to,
         text=text,
         sent_at=datetime.now(UTC),
-        client_id=client_id,
+        client_id=queued.client_id,
         status="queued",
     )
 
@@ -86,7 +87,9 @@ def send(
     username: Annotated[
         str, typer.Argument(help="Who gets it.", metavar="USERNAME", autocompletion=complete_peer)
     ],
-    text: Annotated[str, typer.Argument(help="The message; `-` reads it from stdin.")],
+    text: Annotated[
+        str, typer.Argument(help="The message; `-` reads it from stdin.", metavar="TEXT")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Send a message; prints its id once the server accepted it."""
@@ -101,13 +104,14 @@ def send(
             except MessageRejected as exc:
                 raise explain_rejection(exc, to, names) from None
             except NotConfirmed as exc:
-                stored = record_queued(history, to, text, exc.client_id)
+                stored = record_queued(history, to, text, exc)
                 if as_json:
                     out(json_line(stored.to_json()))
                 queued = NotConfirmed(
                     f"your message to {to} is queued: the server holds it and will deliver it,"
-                    f" but the relay has not confirmed it yet (client id {exc.client_id})",
+                    f" but the relay has not confirmed it yet (id {stored.id})",
                     exc.client_id,
+                    exc.message_id,
                 )
                 queued.hint = "do not send it again; the relay may be restarting"
                 raise queued from None

@@ -71,6 +71,9 @@ class MessageRejected(MessengerError):
 class NotConfirmed(MessengerError):
     """The broker holds the message, but the relay has not answered in time."""
 
-    def __init__(self, message: str, client_id: str) -> None:
+    def __init__(self, message: str, client_id: str, message_id: str | None = None) -> None:
         super().__init__(message, hint="it is queued and will be delivered")
         self.client_id = client_id
+        # The id the relay will stamp (protocol.ids.stable_id), so a later receipt naming
+        # it can be matched to this message.
+        self.message_id = message_id

@@ -59,6 +59,7 @@ from clients.library.errors import (
 )
 from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
+from protocol.ids import stable_id
 from protocol.messages import (
     MAX_BODY_BYTES,
     PROTOCOL_HEADER,
@@ -155,7 +156,7 @@ class MessengerConnection:
             answers = self._collect([client_id], timeout, forget_missing=False)
         answer = answers.get(client_id)
         if answer is None:
-            raise self._sends.unanswered_error(client_id, timeout)
+            raise self._sends.unanswered_error(client_id, timeout, self.username)
         return _raise_if_rejected(answer)
 
     def publish(self, to: str, text: str) -> str:
@@ -277,7 +278,7 @@ class MessengerConnection:
                 continue
             if time.monotonic() > deadline or not self._publish_nacked_again(waiting):
                 first = next((c for c in waiting if c in self._sends.nacked), waiting[0])
-                raise self._sends.unanswered_error(first, timeout)
+                raise self._sends.unanswered_error(first, timeout, self.username)
             connection = self._connection
             self._pump(0.05, timeout)
             if self._connection is not connection:  # failed over: the relay needs time again
@@ -571,8 +572,9 @@ class _SendState:
             self.nacked.discard(client_id)
         return list(self.outgoing.values())
 
-    def unanswered_error(self, client_id: str, timeout: float) -> MessengerError:
+    def unanswered_error(self, client_id: str, timeout: float, sender: str) -> MessengerError:
         nacked, confirmed = client_id in self.nacked, client_id in self.confirmed
+        outgoing = self.outgoing.get(client_id)
         self.forget(client_id)
         if nacked:
             return BrokerRefused("the broker did not accept the message; it was not sent")
@@ -580,6 +582,7 @@ class _SendState:
             return NotConfirmed(
                 f"the relay did not answer within {timeout:g} s; the broker holds the message",
                 client_id,
+                stable_id(sender, client_id, outgoing.sent_ms) if outgoing else None,
             )
         return BrokerUnreachable(
             f"the broker did not confirm the message within {timeout:g} s; "

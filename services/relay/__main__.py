@@ -2,9 +2,9 @@
 
 import logging
 import signal
-import sys
 from types import FrameType
 
+import typer
 from pydantic import ValidationError
 
 from services.logs import configure_logging
@@ -14,7 +14,20 @@ from services.relay.worker import RelayWorker
 logger = logging.getLogger("services.relay")
 
 
-def main() -> int:
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def relay() -> None:
+    """Relay direct messages: outbox shards -> recipients' inboxes, until SIGTERM or Ctrl-C.
+
+    Configured by MESSENGER_RELAY_* environment variables; MESSENGER_RELAY_AMQP_PASSWORD
+    (the broker's `relay` account) is required. Run as many replicas as you like.
+    """
+    raise typer.Exit(_run())
+
+
+def _run() -> int:
     try:
         settings = RelaySettings()  # the password comes from the environment
     except ValidationError as exc:
@@ -38,5 +51,9 @@ def main() -> int:
     return worker.run()
 
 
+def main() -> None:
+    app()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -5,13 +5,15 @@ within it, so ids from one relay sort in the order it stamped them, and ids from
 replicas sort by time (to the millisecond) and never collide in practice.
 """
 
-import hashlib
 import secrets
 import time
 import uuid
 from collections.abc import Callable
 
-_RANDOM_BITS = 74
+from protocol.ids import RANDOM_BITS as _RANDOM_BITS
+from protocol.ids import stable_id
+
+__all__ = ["IdGenerator", "stable_id"]
 # Start each millisecond in the lower half, leaving room to count up without overflowing.
 _START_BITS = _RANDOM_BITS - 1
 
@@ -42,21 +44,3 @@ class IdGenerator:
         rand_b = random & ((1 << 62) - 1)
         value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
         return str(uuid.UUID(int=value))
-
-
-def stable_id(sender: str, client_id: str, client_ms: int) -> str:
-    """The server id of a message a client sent with an id and a send time (RFC 9562 UUIDv8,
-    laid out like v7): 48 bits of the client's milliseconds, then 74 bits of
-    sha256(sender, client id).
-
-    The same outbox message relayed twice (a relay died before acking it) gets the same id,
-    so the recipient's dedup by id shows it once. The sender is hashed in, so nobody can
-    make an id collide with another sender's; a sender reusing its own client ids only
-    merges its own messages.
-    """
-    digest = hashlib.sha256(f"{sender}\0{client_id}".encode()).digest()
-    bits = int.from_bytes(digest[:10], "big") >> (80 - _RANDOM_BITS)
-    rand_a = bits >> 62
-    rand_b = bits & ((1 << 62) - 1)
-    value = (client_ms & ((1 << 48) - 1)) << 80 | 0x8 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))

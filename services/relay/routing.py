@@ -15,6 +15,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from protocol.accounts import is_valid_username
+from protocol.ids import stable_id
 from protocol.messages import (
     MAX_BODY_BYTES,
     DeliveredMessage,
@@ -33,7 +34,6 @@ from protocol.topology import (
     TYPE_RECEIPT_NOTICE,
     TYPE_SEND,
 )
-from services.relay.ids import stable_id
 
 MAX_CLIENT_ID_CHARS = 128
 # A client clock further ahead than this is not believed: its message gets a fresh id.

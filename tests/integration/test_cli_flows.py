@@ -195,10 +195,21 @@ def test_a_silent_relay_means_queued_not_lost(alice: Person, bob: Person, relay:
     statuses = [m["status"] for m in alice.ok("history", bob.username, "--json").json_lines()]
     assert statuses == ["queued"]
 
+    received: list[dict[str, str]] = []
+
     def arrived() -> list[str]:
-        return [m["text"] for m in bob.ok("inbox", "--json").json_lines()]
+        received.extend(bob.ok("inbox", "--json").json_lines())
+        return [m["text"] for m in received]
 
     assert eventually(arrived, timeout=20, interval=0.5) == ["are you there, relay?"]
+
+    # The queued message was kept under the id the relay stamps, so bob's receipt finds it.
+    def delivered() -> list[tuple[str, str]]:
+        alice.ok("inbox")  # takes in the receipt
+        mine = alice.ok("history", bob.username, "--json").json_lines()
+        return [(m["id"], m["status"]) for m in mine if m["status"] == "delivered"]
+
+    assert eventually(delivered, timeout=20, interval=0.5) == [(received[0]["id"], "delivered")]
 
 
 def test_the_home_directory_is_all_there_is(alice: Person, tmp_path: Path):

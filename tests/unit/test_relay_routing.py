@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from protocol.ids import stable_id
 from protocol.messages import MAX_BODY_BYTES, DeliveredMessage, ReceiptNotice
 from protocol.topology import TYPE_MESSAGE, TYPE_RECEIPT, TYPE_RECEIPT_NOTICE, TYPE_SEND
-from services.relay.ids import stable_id
 from services.relay.routing import (
     DeadLetter,
     Deliver,
