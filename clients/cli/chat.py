@@ -174,7 +174,9 @@ class Consumer(threading.Thread):
                         delay = RECONNECT_FIRST_DELAY
                     if self._stopping.is_set():
                         break
-                    self._connection.consume(self._receiver.on_message, self._receiver.on_receipt)
+                    self._connection.consume_batches(
+                        self._receiver.on_messages, self._receiver.on_receipt
+                    )
                 except (BrokerUnreachable, ServerUnreachable, ServerError) as exc:
                     self._drop_connection()
                     if self._stopping.is_set():

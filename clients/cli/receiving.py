@@ -1,10 +1,11 @@
 """`messenger inbox | listen`, and the receive pipeline that `chat` shares.
 
-For each message from the inbox, in this order: store it in the local history (keyed by
-its id), show it unless it was shown before, send the sender a `delivered` receipt, return
-so the library acks it. A client that dies anywhere before the ack gets the message again;
-the history stores it once and shows it once (the only window for a second showing is
-between printing it and the one SQLite write that records that it was shown).
+For each batch of messages the inbox delivers (what one I/O turn brought, up to the
+prefetch), in this order: store them in the local history (keyed by id) in one transaction,
+show those not shown before, send each sender a `delivered` receipt, return so the library
+acks the batch with one frame. A client that dies anywhere before the ack gets the messages
+again; the history stores them once and shows them once (the only window for a second
+showing is between printing a batch and the one SQLite write that records it was shown).
 """
 
 from __future__ import annotations
@@ -62,14 +63,25 @@ class Receiver:
         self.shown = 0
 
     def on_message(self, message: DeliveredMessage) -> None:
-        stored = self._history.store_received(message)
+        self.on_messages([message])
+
+    def on_messages(self, messages: list[DeliveredMessage]) -> None:
+        """One delivery batch: stored in one transaction, then shown, then receipted."""
+        stored = self._history.store_received_many(messages)
         self._checkpoint("stored")
-        if not stored.shown:
-            self._show(stored)
-            self._history.mark_shown(stored.id)
-            self.shown += 1
+        new: dict[str, None] = {}  # ordered set: a message twice in one batch shows once
+        for row in stored:
+            if not row.shown and row.id not in new:
+                self._show(row)
+                new[row.id] = None
+        self._history.mark_shown_many(list(new))
+        self.shown += len(new)
         self._checkpoint("shown")
-        self._send_receipt(message.id, message.sender)
+        receipted: set[str] = set()
+        for message in messages:
+            if message.id not in receipted:
+                receipted.add(message.id)
+                self._send_receipt(message.id, message.sender)
 
     def on_receipt(self, notice: ReceiptNotice) -> None:
         updated = self._history.mark_delivered(notice.message_id)
@@ -101,8 +113,8 @@ def _receive(ctx: typer.Context, as_json: bool, idle_timeout: float | None) -> i
                 send_receipt=lambda message_id, sender: connection.send_receipt(message_id, sender),
             )
             with _StopOnSignals(connection):
-                connection.consume(
-                    receiver.on_message, receiver.on_receipt, idle_timeout=idle_timeout
+                connection.consume_batches(
+                    receiver.on_messages, receiver.on_receipt, idle_timeout=idle_timeout
                 )
         return receiver.shown
 

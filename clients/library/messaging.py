@@ -3,6 +3,7 @@
     conn = MessengerConnection.open(meta, "alice", token)
     answer = conn.send("bob", "hi")                  # RelayAnswer(status="accepted", id=...)
     conn.consume(store_and_show, idle_timeout=1.0)   # acks each message after the callback
+    conn.consume_batches(store_many_and_show)        # a list per I/O turn, one ack after it
 
 One `MessengerConnection` is one pika `BlockingConnection`: use it from one thread at a
 time (the thread that consumes, say); only `stop()` may be called from another thread. A
@@ -19,7 +20,9 @@ each message until the relay has answered it: after a reconnect, everything unan
 published again with the same client `message_id` and send time, so the relay gives it the
 same server id. That includes messages the broker had confirmed, because the relay's answer
 to them went to the lost connection's reply-to and is gone; the recipient may then get such
-a message twice, with one id, and shows it once.
+a message twice, with one id, and shows it once. Without a lost connection nothing is
+published twice: a message the broker nacked is published again alone, on a new channel,
+while the old channel stays open for the confirms and answers of the rest.
 
 Sending pipelines: each publish to the outbox is confirmed by the broker asynchronously
 (tracked by sequence number) and answered by the relay on the direct reply-to, so
@@ -27,7 +30,10 @@ Sending pipelines: each publish to the outbox is confirmed by the broker asynchr
 pika's blocking adapter has no public asynchronous-confirm API (its confirm mode waits per
 publish), so the sending channel registers its confirm and reply-to callbacks on the
 underlying asynchronous channel (`BlockingChannel._impl`); they run during I/O, which also
-lets `send()` work from inside a `consume()` callback.
+lets `send()` work from inside a `consume()` callback. Publishes and acks go to that
+asynchronous channel too, which only queues their frames: they are written in the next I/O
+turn (every FLUSH_EVERY publishes at the latest), several messages per `send()` system call,
+where `BlockingChannel` would flush and poll once per call.
 """
 
 from __future__ import annotations
@@ -86,6 +92,11 @@ logger = logging.getLogger(__name__)
 
 CONSUME_PREFETCH = 200
 DEFAULT_WINDOW = 1000
+# Publishes are queued on the channel and written in I/O turns: at least every this many.
+FLUSH_EVERY = 64
+# `_ensure_open` polls the socket (to notice a close the broker made meanwhile) only when
+# the connection has seen no I/O for this long: a busy sender pays no poll per message.
+IDLE_CHECK_SECONDS = 1.0
 # A nacked outbox publish (a quorum shard between leaders nacks for a few seconds) is
 # published again after 0.5, 1, 2, 4, 5, 5 ... s, this many times at most.
 MAX_NACK_RETRIES = 8
@@ -112,7 +123,11 @@ class MessengerConnection:
         self._sends = _SendState()
         coalesce_pika_writes()
         self._connection = self._connect_any(deadline=None)
+        self._io_at = time.monotonic()  # the last I/O turn on `_connection`
         self._publisher: _Publisher | None = None
+        # Sending channels given up after a nack: kept open (on the same connection) until
+        # the relay has answered what they published, so those are not published again.
+        self._retired: list[_Publisher] = []
 
     @classmethod
     def open(cls, meta: Meta, username: str, secret: str) -> MessengerConnection:
@@ -162,7 +177,9 @@ class MessengerConnection:
     def publish(self, to: str, text: str) -> str:
         """Publish without waiting; returns the client id to `collect()` the answer by."""
         with self._broker_errors():
-            return self._publish_send(to, text, 5.0)
+            client_id = self._publish_send(to, text, 5.0)
+            self._flush(5.0)
+            return client_id
 
     def collect(self, client_ids: Iterable[str], timeout: float = 5.0) -> dict[str, RelayAnswer]:
         """Wait up to `timeout` s for the relay's answers to what `publish()` sent; returns
@@ -176,6 +193,12 @@ class MessengerConnection:
         with self._failover(timeout):  # a failover publishes it again, with the rest
             publisher.publish(outgoing)
         return outgoing.client_id
+
+    def _flush(self, timeout: float) -> None:
+        """Write what is queued (publishes, acks) in one I/O turn, without waiting."""
+        with self._failover(timeout):
+            self._connection.process_data_events(0)
+            self._io_at = time.monotonic()
 
     def _publisher_now(self, timeout: float) -> _Publisher:
         """The sending channel; a new one first publishes again what is unanswered."""
@@ -205,9 +228,11 @@ class MessengerConnection:
     def _publish_nacked_again(self, client_ids: list[str]) -> bool:
         """Publish again what the broker nacked (it took no responsibility: a quorum shard
         may be between leaders), on a fresh channel, after a growing delay; False once one
-        has been nacked MAX_NACK_RETRIES times."""
+        has been nacked MAX_NACK_RETRIES times. Only the nacked messages are published
+        again: the rest were confirmed (or are still on their way) on the old channel, which
+        stays open until the relay has answered them."""
         now = time.monotonic()
-        due = False
+        due: list[_Outgoing] = []
         for client_id in [c for c in client_ids if c in self._sends.nacked]:
             outgoing = self._sends.outgoing[client_id]
             if outgoing.nacks >= MAX_NACK_RETRIES:
@@ -217,16 +242,32 @@ class MessengerConnection:
             if now >= outgoing.retry_at:
                 outgoing.nacks += 1
                 outgoing.retry_at = None
-                due = True
+                due.append(outgoing)
         if due:
-            # A channel's view of a quorum queue can stay on a leader that is gone: start
-            # over on a new channel, which publishes everything unanswered again.
-            logger.info("the broker refused messages; publishing them again on a new channel")
-            publisher, self._publisher = self._publisher, None
-            if publisher is not None:
-                publisher.close()
-            self._publisher_now(5.0)
+            # A channel's view of a quorum queue can stay on a leader that is gone: publish
+            # them on a new channel.
+            logger.info("the broker refused %d messages; publishing them again", len(due))
+            self._retire_publisher()
+            with self._failover(5.0):
+                self._ensure_open()
+                self._publisher = _Publisher(
+                    self._connection, self.username, self._sends, again=due
+                )
         return True
+
+    def _retire_publisher(self) -> None:
+        """Keep the current sending channel for the answers it still awaits; close the
+        retired ones that await none."""
+        if self._publisher is not None:
+            self._retired.append(self._publisher)
+            self._publisher = None
+        keep = []
+        for publisher in self._retired:
+            if publisher.awaits_anything():
+                keep.append(publisher)
+            else:
+                publisher.close()
+        self._retired = keep
 
     def _pump(self, time_limit: float, timeout: float) -> None:
         """Process I/O (confirms, answers) for up to `time_limit` s; fail over if the
@@ -235,6 +276,7 @@ class MessengerConnection:
             if self._publisher is None:  # a send from inside consume() after its failover
                 self._ready_publisher()
             self._connection.process_data_events(time_limit=time_limit)
+            self._io_at = time.monotonic()
 
     def send_many(
         self,
@@ -269,21 +311,27 @@ class MessengerConnection:
     ) -> list[str]:
         """Pump events until at most `until` of `waiting` are unanswered."""
         deadline = time.monotonic() + timeout
-        while len(waiting) > until:
-            got = self._sends.take_answers(waiting)
-            if got:
+        unanswered = dict.fromkeys(waiting)  # ordered; O(1) removal per answer
+        while len(unanswered) > until:
+            arrived = [c for c in self._sends.answers if c in unanswered]
+            if arrived:
+                got = self._sends.take_answers(arrived)
                 answers.update(got)
-                waiting = [c for c in waiting if c not in got]
+                for client_id in got:
+                    del unanswered[client_id]
                 deadline = time.monotonic() + timeout
                 continue
-            if time.monotonic() > deadline or not self._publish_nacked_again(waiting):
-                first = next((c for c in waiting if c in self._sends.nacked), waiting[0])
+            if time.monotonic() > deadline or (
+                self._sends.nacked and not self._publish_nacked_again(list(unanswered))
+            ):
+                first = next((c for c in unanswered if c in self._sends.nacked), None)
+                first = first or next(iter(unanswered))
                 raise self._sends.unanswered_error(first, timeout, self.username)
             connection = self._connection
             self._pump(0.05, timeout)
             if self._connection is not connection:  # failed over: the relay needs time again
                 deadline = time.monotonic() + timeout
-        return waiting
+        return list(unanswered)
 
     def send_receipt(self, message_id: str, to: str, status: ReceiptStatus = "delivered") -> None:
         """Tell `to` (the message's sender) that its message `message_id` was delivered/read.
@@ -309,44 +357,72 @@ class MessengerConnection:
         *,
         idle_timeout: float | None = None,
     ) -> int:
-        """Deliver the own inbox to the callbacks; ack each message after its callback
-        returns (store it first). Runs until `stop()`, or until nothing arrived for
-        `idle_timeout` s. Returns how many messages and receipts were handled. If a callback
-        raises, the exception propagates and that message (and any prefetched after it)
-        stays in the inbox for the next time. A `stop()` that comes before `consume()` starts
-        makes it return at once. When the connection is lost, it reconnects (to the next
-        node first) and subscribes again, for up to RECONNECT_WINDOW_SECONDS before it
-        raises BrokerUnreachable."""
+        """`consume_batches()` one message at a time: `on_message` is called for each, and
+        the batch is acked once it has returned for all of them."""
+
+        def on_messages(messages: list[DeliveredMessage]) -> None:
+            for message in messages:
+                on_message(message)
+
+        return self.consume_batches(on_messages, on_receipt, idle_timeout=idle_timeout)
+
+    def consume_batches(
+        self,
+        on_messages: Callable[[list[DeliveredMessage]], None],
+        on_receipt: Callable[[ReceiptNotice], None] | None = None,
+        *,
+        idle_timeout: float | None = None,
+    ) -> int:
+        """Deliver the own inbox to the callbacks, in order, a batch at a time: what one
+        I/O turn brought (at most CONSUME_PREFETCH) is one `on_messages(list)` call (receipt
+        notices in between go to `on_receipt`). Once they returned, the whole batch is acked
+        with one `basic_ack(multiple=True)`: store it (one commit) before returning. Runs
+        until `stop()`, or until nothing arrived for `idle_timeout` s after the broker
+        confirmed the subscription. Returns how many messages and receipts were handled. If
+        a callback raises, the exception propagates and the messages of that call (and any
+        delivered after them) stay in the inbox for the next time. A `stop()` that comes
+        before this starts makes it return at once. When the connection is lost, it
+        reconnects (to the next node first) and subscribes again, for up to
+        RECONNECT_WINDOW_SECONDS before it raises BrokerUnreachable."""
         handled = 0
         last_activity = time.monotonic()
+        delivered: list[tuple[int, pika.spec.BasicProperties, bytes]] = []
 
         def on_delivery(
-            channel: BlockingChannel,
+            _channel: BlockingChannel,
             method: pika.spec.Basic.Deliver,
             props: pika.spec.BasicProperties,
             body: bytes,
         ) -> None:
-            nonlocal handled, last_activity
-            _dispatch(props, body, on_message, on_receipt)
-            channel.basic_ack(method.delivery_tag)
-            handled += 1
-            last_activity = time.monotonic()
+            delivered.append((method.delivery_tag, props, body))
 
         def idle() -> bool:
             return idle_timeout is not None and time.monotonic() - last_activity >= idle_timeout
 
         def subscribe_and_serve() -> None:
+            nonlocal handled, last_activity
+            delivered.clear()  # those of a lost channel come again
             channel = self._connection.channel()
             try:
                 channel.basic_qos(prefetch_count=CONSUME_PREFETCH)
+                # Returns once the broker confirmed it (consume-ok): the idle clock starts
+                # then, so a slow subscription on a loaded broker is not mistaken for idle.
                 channel.basic_consume(inbox_queue(self.username), on_delivery)
+                last_activity = time.monotonic()
                 while not self._stop.is_set() and not idle():
                     wait = 0.5
                     if idle_timeout is not None:
                         wait = min(wait, max(0.0, last_activity + idle_timeout - time.monotonic()))
                     self._connection.process_data_events(time_limit=wait)
+                    self._io_at = time.monotonic()
+                    if delivered:
+                        batch = delivered[:]
+                        delivered.clear()
+                        handled += _handle_batch(channel, batch, on_messages, on_receipt)
+                        last_activity = time.monotonic()
             finally:
-                # Closing the channel hands back anything prefetched but not yet handled.
+                # Closing the channel writes the acks queued before it, and hands back
+                # anything delivered but not yet handled.
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     if channel.is_open:
                         channel.close()
@@ -356,6 +432,7 @@ class MessengerConnection:
             with self._broker_errors():
                 self._ensure_open()
                 while True:
+                    connection = self._connection
                     try:
                         subscribe_and_serve()
                         break
@@ -364,13 +441,14 @@ class MessengerConnection:
                             break
                         if not _retryable(exc):
                             raise
+                        if self._connection is not connection and self._connection.is_open:
+                            continue  # a send from a callback failed over: subscribe there
                         try:
                             self._reconnect(exc, RECONNECT_WINDOW_SECONDS)
                         except BrokerUnreachable:
                             if self._stop.is_set():
                                 break
                             raise
-                        last_activity = time.monotonic()
         finally:
             self._stop.clear()
             self._consumer_thread = None
@@ -401,11 +479,16 @@ class MessengerConnection:
     def _ensure_open(self) -> None:
         """Reconnect (before publishing anything) when the broker dropped an idle connection."""
         if self._connection.is_open:
+            flushed_at = self._publisher.flushed_at if self._publisher is not None else 0.0
+            if time.monotonic() - max(self._io_at, flushed_at) < IDLE_CHECK_SECONDS:
+                return  # busy: a close would have been noticed in the last I/O turn
             with contextlib.suppress(pika.exceptions.AMQPError):
                 self._connection.process_data_events(0)  # notice a close that already happened
+                self._io_at = time.monotonic()
         if not self._connection.is_open:
             logger.info("reconnecting to the broker")
             self._publisher = None
+            self._retired = []
             self._connection = self._connect_any(deadline=None, moving_on=True)
 
     def _connect_any(
@@ -450,11 +533,13 @@ class MessengerConnection:
             )
             had_publisher = self._publisher is not None or self._sends.outgoing
             self._publisher = None
+            self._retired = []  # their channels went with the connection
             old = self._connection
             with contextlib.suppress(Exception):
                 if old.is_open:
                     old.close()
             self._connection = self._connect_any(deadline, moving_on=True)
+            self._io_at = time.monotonic()
             if not had_publisher:
                 return
             try:
@@ -565,6 +650,12 @@ class _SendState:
         self.confirmed.discard(client_id)
         self.nacked.discard(client_id)
 
+    def publishing_again(self, again: list[_Outgoing]) -> None:
+        """These (nacked) messages are being published again on a new channel."""
+        for outgoing in again:
+            self.nacked.discard(outgoing.client_id)
+            self.confirmed.discard(outgoing.client_id)
+
     def to_publish_again(self) -> list[_Outgoing]:
         """After a failover: everything unsettled, in order, as if never published."""
         for client_id in self.outgoing:
@@ -592,18 +683,31 @@ class _SendState:
 
 class _Publisher:
     """The sending channel of one connection: async confirms by sequence number, answers
-    by client id. On creation it publishes again whatever `sends` holds unsettled."""
+    by client id. On creation it publishes `again`, by default whatever `sends` holds
+    unsettled (a new connection: the old one's confirms and answers are gone).
+
+    Publishes go to the asynchronous channel underneath, which only queues the frames; they
+    are written (several messages per `send()`) in the next I/O turn, or here every
+    FLUSH_EVERY publishes. `BlockingChannel.basic_publish` would flush and poll per call."""
 
     def __init__(
-        self, connection: pika.BlockingConnection, username: str, sends: _SendState
+        self,
+        connection: pika.BlockingConnection,
+        username: str,
+        sends: _SendState,
+        again: list[_Outgoing] | None = None,
     ) -> None:
         self._connection = connection
         self._username = username
         self._sends = sends
         self._channel = connection.channel()
         impl: pika.channel.Channel = self._channel._impl
+        self._impl = impl
         self._seq = 0
         self._unconfirmed: dict[int, str] = {}
+        self._published: list[str] = []  # client ids that await the relay's answer here
+        self._queued = 0  # publishes not yet flushed
+        self.flushed_at = time.monotonic()
         self._wake_scheduled = False
         ready: list[bool] = []
         impl.confirm_delivery(
@@ -617,11 +721,15 @@ class _Publisher:
             if time.monotonic() > deadline:
                 raise BrokerUnreachable("the broker did not open a sending channel in time")
             connection.process_data_events(time_limit=0.1)
-        again = sends.to_publish_again()
-        if again:
-            logger.info("publishing %d unanswered messages again", len(again))
+        if again is None:
+            again = sends.to_publish_again()
+            if again:
+                logger.info("publishing %d unanswered messages again", len(again))
+        else:
+            sends.publishing_again(again)
         for outgoing in again:
             self.publish(outgoing)
+        self.flush()
 
     def publish(self, outgoing: _Outgoing) -> None:
         props = pika.BasicProperties(
@@ -634,9 +742,26 @@ class _Publisher:
             headers={PROTOCOL_HEADER: PROTOCOL_VERSION, SENT_MS_HEADER: outgoing.sent_ms},
         )
         # Routing key = own name: the consistent-hash outbox keeps a sender on one shard.
-        self._channel.basic_publish(OUTBOX_EXCHANGE, self._username, outgoing.body, props)
+        self._impl.basic_publish(OUTBOX_EXCHANGE, self._username, outgoing.body, props)
         self._seq += 1
         self._unconfirmed[self._seq] = outgoing.client_id
+        if outgoing.reply_to is not None:
+            self._published.append(outgoing.client_id)
+        self._queued += 1
+        if self._queued >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued publishes now (and read what came: confirms, answers)."""
+        self._queued = 0
+        self._connection.process_data_events(0)
+        self.flushed_at = time.monotonic()
+
+    def awaits_anything(self) -> bool:
+        """Whether a confirm or an answer may still come on this channel for a message the
+        library still tracks."""
+        self._published = [c for c in self._published if self._sends.awaits_answer(c)]
+        return bool(self._unconfirmed or self._published)
 
     def close(self) -> None:
         with contextlib.suppress(pika.exceptions.AMQPError):
@@ -683,28 +808,52 @@ class _Publisher:
         self._wake_scheduled = False
 
 
-def _dispatch(
-    props: pika.spec.BasicProperties,
-    body: bytes,
-    on_message: Callable[[DeliveredMessage], None],
+def _handle_batch(
+    channel: BlockingChannel,
+    batch: list[tuple[int, pika.spec.BasicProperties, bytes]],
+    on_messages: Callable[[list[DeliveredMessage]], None],
     on_receipt: Callable[[ReceiptNotice], None] | None,
-) -> None:
-    kind = props.type or TYPE_MESSAGE
+) -> int:
+    """Decode one I/O turn's deliveries, hand them over in order (runs of messages as one
+    list), then ack them all with one frame, queued on the asynchronous channel (written by
+    the next I/O turn or the channel's close). If a callback raises, what was handled before
+    it is acked and the rest stays unacked."""
+    done_tag = 0
+    run: list[DeliveredMessage] = []
+    run_tag = 0
+
+    def hand_over_run() -> None:
+        nonlocal done_tag
+        if run:
+            on_messages(list(run))
+            run.clear()
+        done_tag = run_tag
+
     try:
-        if kind == TYPE_MESSAGE:
-            message = DeliveredMessage.model_validate_json(body)
-        elif kind == TYPE_RECEIPT_NOTICE:
-            notice = ReceiptNotice.model_validate_json(body)
-            if on_receipt is not None:
-                on_receipt(notice)
-            return
-        else:
-            logger.warning("skipped an inbox message of unknown type %r", kind)
-            return
-    except ValidationError:
-        logger.warning("skipped an inbox message that could not be read")
-        return
-    on_message(message)
+        for tag, props, body in batch:
+            kind = props.type or TYPE_MESSAGE
+            try:
+                if kind == TYPE_MESSAGE:
+                    run.append(DeliveredMessage.model_validate_json(body))
+                    run_tag = tag
+                    continue
+                if kind == TYPE_RECEIPT_NOTICE:
+                    notice = ReceiptNotice.model_validate_json(body)
+                    hand_over_run()
+                    if on_receipt is not None:
+                        on_receipt(notice)
+                else:
+                    logger.warning("skipped an inbox message of unknown type %r", kind)
+            except ValidationError:
+                logger.warning("skipped an inbox message that could not be read")
+            if not run:
+                done_tag = tag
+            run_tag = tag
+        hand_over_run()
+    finally:
+        if done_tag:
+            channel._impl.basic_ack(done_tag, multiple=True)
+    return len(batch)
 
 
 def _raise_if_rejected(answer: RelayAnswer) -> RelayAnswer:

@@ -13,7 +13,10 @@ On a cluster the relay is given every node (MESSENGER_RELAY_AMQP_NODES) and uses
 time: when its connection fails or is lost it connects to the next node at once, and waits
 (capped backoff) only after every node has failed in a row. What was in flight on the lost
 connection is redelivered by the broker; the server id is stable (routing.py), so a message
-relayed twice reaches its recipient twice with one id, and is shown once.
+relayed twice reaches its recipient twice with one id, and is shown once. Answers to senders
+whose connection was on a node that is down are dropped, not published: RabbitMQ 3.10 closes
+the publishing connection (541) for each of them (see "answers to senders on a node that is
+down" below).
 
 A refused inbox publish (returned or nacked) is checked before the sender is told anything:
 a passive declare of the inbox, on a short-lived channel of its own (a 404 closes the
@@ -31,8 +34,11 @@ Decisions live in routing.py; this module only decodes, calls them, publishes an
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -87,6 +93,17 @@ STATS_INTERVAL_SECONDS = 30.0
 # A passive declare that gets no answer in this time counts as "inbox unavailable".
 PROBE_TIMEOUT_SECONDS = 5.0
 _HEADERS = {PROTOCOL_HEADER: PROTOCOL_VERSION}
+# Direct reply-to: the pseudo-queue a client consumes, and the prefix of the address the
+# broker writes into `reply_to` (it names the consuming channel's process and its node).
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+_REPLY_TO_PREFIX = DIRECT_REPLY_TO + "."
+# A routing key no queue has: the broker returns the mandatory publish that learns a node's
+# reply-to name (`_learn_node_name`).
+_NOWHERE = "messenger.relay.no-such-queue"
+# How often the nodes that are down are checked (a TCP connect) for their return.
+NODE_CHECK_INTERVAL_SECONDS = 1.0
+# How long to wait before asking an unreachable node its reply-to name again.
+NAME_RETRY_SECONDS = 5.0
 
 __all__ = ["Backoff", "RelayWorker", "Stats"]
 
@@ -98,6 +115,7 @@ class Stats:
     unknown_recipient: int = 0
     inbox_full: int = 0
     held: int = 0  # refused while the inbox was unavailable: kept and published again
+    answers_dropped: int = 0  # for a sender whose connection was on a node that is down
     invalid: int = 0
     dead_lettered: int = 0
 
@@ -139,6 +157,13 @@ class RelayWorker:
         self._failed = False
         self._failure = ""
         self._connection: SelectConnection | None = None
+        # node -> the node name its direct reply-to addresses carry (learned on connecting);
+        # the names of nodes whose connection was lost, until a TCP connect reaches them again.
+        self._node_names: dict[tuple[str, int], str] = {}
+        self._down_names: frozenset[str] = frozenset()
+        self._names_lock = threading.Lock()
+        self._node_checker: threading.Thread | None = None
+        self._check_nodes = False  # the last connection was lost, or closed with 541
         self._reset_channel_state()
         coalesce_pika_writes()
 
@@ -147,6 +172,10 @@ class RelayWorker:
     def run(self) -> int:
         """Serve until stopped. 0 after a clean stop, 1 when the broker keeps refusing us."""
         attempt = 0
+        if len(self._settings.broker_nodes()) > 1:
+            threading.Thread(
+                target=self._fetch_node_names, name="relay-node-names", daemon=True
+            ).start()
         while not self._stop_requested.is_set():
             attempt += 1
             self._failure = "the broker closed the connection"
@@ -163,6 +192,9 @@ class RelayWorker:
                 return 1
             if self._stop_requested.is_set():
                 break
+            if self._check_nodes:
+                self._check_nodes = False
+                self._mark_unreachable_nodes()
             delay = self._nodes.failed()
             level = (
                 logging.ERROR if self._nodes.failures > ESCALATE_AFTER_ATTEMPTS else logging.WARNING
@@ -222,6 +254,7 @@ class RelayWorker:
     def _on_connection_open(self, connection: pika.connection.Connection) -> None:
         logger.info("connected to the broker at %s", self._where())
         self._auth_refusals = 0
+        self._node_is_up(self._nodes.current)
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_connection_open_error(
@@ -242,6 +275,7 @@ class RelayWorker:
                 self._failed = True
         else:
             self._failure = f"cannot reach the broker at {where} ({_reason(error)})"
+            self._node_is_down(self._nodes.current)
         self._stop_ioloop()
 
     def _on_connection_closed(
@@ -249,6 +283,14 @@ class RelayWorker:
     ) -> None:
         in_flight = len(self._pending) + len(self._held)
         self._reset_channel_state()
+        # The node went (a TCP connect may still succeed for a few ms while a killed node's
+        # sockets are being closed: the lost connection is what counts), or another node
+        # crashed our channel, perhaps with an answer for a node that went: find out which
+        # nodes are down before connecting again.
+        lost = isinstance(reason, pika.exceptions.StreamLostError)
+        if lost:
+            self._node_is_down(self._nodes.current)
+        self._check_nodes = lost or getattr(reason, "reply_code", None) == pika.spec.INTERNAL_ERROR
         if self._stop_requested.is_set():
             logger.info("connection closed")
         else:
@@ -272,6 +314,7 @@ class RelayWorker:
             self._answer_channel_opening = False
             self._answer_channel = channel
             channel.add_on_close_callback(on_closed)
+            self._learn_node_name(channel)
 
         def on_closed(channel: pika.channel.Channel, reason: BaseException) -> None:
             if self._answer_channel is channel:
@@ -281,6 +324,135 @@ class RelayWorker:
                 self._open_answer_channel()
 
         connection.channel(on_open_callback=on_open)
+
+    # -- answers to senders on a node that is down ----------------------------------------
+    #
+    # RabbitMQ 3.10 crashes the channel that publishes to the direct reply-to address of a
+    # node that has left the cluster (rabbit_channel:deliver_reply gets a bare `error` from
+    # rabbit_direct_reply_to:decode_reply_to_v2 and has no clause for it), and a channel
+    # crash closes the whole connection with 541 INTERNAL_ERROR: every unacked outbox
+    # message is redelivered, and every answer in flight is lost. After a node dies, the
+    # outbox still holds messages its clients sent, so each relay connection would be torn
+    # down again and again until they were all gone. Those senders are gone too (they
+    # publish everything unanswered again from their new node), so their answers are
+    # dropped instead: the node named in the address is checked against the nodes that are
+    # down. A node's name is learned from the broker (`_learn_node_name`, and once per node
+    # from a thread); a node counts as down when the relay's connection to it is lost or
+    # refused, or when it refuses a TCP connect tried right after the relay's connection was
+    # lost or closed with 541; it is up again when a TCP connect (tried every second) or the
+    # relay's own connection reaches it.
+
+    def _learn_node_name(self, channel: pika.channel.Channel) -> None:
+        """Learn the name the current node writes into direct reply-to addresses: a
+        mandatory publish that no queue takes, with `reply_to` set, comes back rewritten."""
+        node = self._nodes.current
+
+        def on_return(
+            _channel: pika.channel.Channel,
+            _method: pika.spec.Basic.Return,
+            props: pika.spec.BasicProperties,
+            _body: bytes,
+        ) -> None:
+            self._node_named(node, reply_to_node(props.reply_to))
+
+        def on_consume_ok(_frame: pika.frame.Method) -> None:
+            if channel.is_open:
+                channel.basic_publish(
+                    "", _NOWHERE, b"", pika.BasicProperties(reply_to=DIRECT_REPLY_TO),
+                    mandatory=True,
+                )  # fmt: skip
+
+        channel.add_on_return_callback(on_return)
+        channel.basic_consume(
+            DIRECT_REPLY_TO, lambda *_: None, auto_ack=True, callback=on_consume_ok
+        )
+
+    def _node_named(self, node: tuple[str, int], name: str | None) -> None:
+        if name is not None and self._node_names.get(node) != name:
+            logger.debug("the node at %s:%d answers as %s", *node, name)
+            self._node_names[node] = name
+
+    def _fetch_node_names(self) -> None:
+        """Thread: learn the reply-to name of every node, each on a short connection of its
+        own, so that a node the relay never used can be recognised when it dies."""
+        while not self._stop_requested.is_set():
+            missing = [n for n in self._settings.broker_nodes() if n not in self._node_names]
+            for node in missing:
+                try:
+                    self._node_named(node, self._ask_node_name(node))
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    logger.debug("could not learn the name of %s:%d: %s", *node, _reason(exc))
+            if all(n in self._node_names for n in self._settings.broker_nodes()):
+                return
+            self._stop_requested.wait(NAME_RETRY_SECONDS)
+
+    def _ask_node_name(self, node: tuple[str, int]) -> str | None:
+        s = self._settings
+        params = pika.ConnectionParameters(
+            host=node[0],
+            port=node[1],
+            virtual_host=s.vhost,
+            credentials=pika.PlainCredentials(s.amqp_user, s.amqp_password.get_secret_value()),
+            connection_attempts=1,
+            socket_timeout=5,
+            blocked_connection_timeout=5,
+            client_properties={"connection_name": f"messenger-relay pid {os.getpid()} (probe)"},
+        )
+        connection = pika.BlockingConnection(params)
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_consume(DIRECT_REPLY_TO, lambda *_: None, auto_ack=True)
+            try:
+                channel.basic_publish(
+                    "", _NOWHERE, b"", pika.BasicProperties(reply_to=DIRECT_REPLY_TO),
+                    mandatory=True,
+                )  # fmt: skip
+            except pika.exceptions.UnroutableError as returned:
+                for message in returned.messages:
+                    return reply_to_node(message.properties.reply_to)
+            return None
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _node_is_down(self, node: tuple[str, int]) -> None:
+        name = self._node_names.get(node)
+        if name is None or name in self._down_names:
+            return
+        logger.warning(
+            "the node at %s:%d (%s) is down: answers to its clients are dropped until it is "
+            "back", *node, name,
+        )  # fmt: skip
+        with self._names_lock:
+            self._down_names = self._down_names | {name}
+        if self._node_checker is None or not self._node_checker.is_alive():
+            self._node_checker = threading.Thread(
+                target=self._check_down_nodes, name="relay-node-check", daemon=True
+            )
+            self._node_checker.start()
+
+    def _node_is_up(self, node: tuple[str, int]) -> None:
+        name = self._node_names.get(node)
+        if name is not None and name in self._down_names:
+            logger.info("the node at %s:%d (%s) is back", *node, name)
+            with self._names_lock:
+                self._down_names = self._down_names - {name}
+
+    def _mark_unreachable_nodes(self) -> None:
+        """Mark every node that refuses a TCP connect (or does not take it within a second)
+        as down: called when the connection was lost or crashed, before connecting again."""
+        for node, name in list(self._node_names.items()):
+            if name not in self._down_names and not _reachable(node):
+                self._node_is_down(node)
+
+    def _check_down_nodes(self) -> None:
+        """Thread: until no node is down, try a TCP connect to each down node every second.
+        (`_down_names` is replaced, never changed in place: the ioloop reads it unlocked.)"""
+        while self._down_names and not self._stop_requested.wait(NODE_CHECK_INTERVAL_SECONDS):
+            for node, name in list(self._node_names.items()):
+                if name in self._down_names and _reachable(node):
+                    self._node_is_up(node)
 
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
         self._open_answer_channel()
@@ -541,6 +713,10 @@ class RelayWorker:
             logger.debug("answer channel not open: dropped the answer to %s", answer.reply_to)
             self._open_answer_channel()
             return
+        if reply_to_node(answer.reply_to) in self._down_names:
+            self.stats.answers_dropped += 1
+            logger.debug("the node of %s is down: dropped the answer", answer.reply_to)
+            return
         channel.basic_publish(
             "",
             answer.reply_to,
@@ -626,6 +802,44 @@ class RelayWorker:
 def _header_int(headers: dict[str, object] | None, name: str) -> int | None:
     value = headers.get(name) if headers else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _reachable(node: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(node, timeout=NODE_CHECK_INTERVAL_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def reply_to_node(reply_to: str | None) -> str | None:
+    """The node named in a direct reply-to address, None for any other address.
+
+    The address is `amq.rabbitmq.reply-to.<base64 pid>.<key>`; the pid is in Erlang's
+    external term format, its node an atom: the real node name (RabbitMQ before 3.10), or a
+    stand-in `reply@<hash of the node name>` (3.10+). Either is stable for a node.
+    """
+    if not reply_to or not reply_to.startswith(_REPLY_TO_PREFIX):
+        return None
+    encoded = reply_to[len(_REPLY_TO_PREFIX) :].split(".", 1)[0]
+    try:
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # 131 (version), 88 NEW_PID_EXT or 103 PID_EXT, then the node atom
+    if len(raw) < 4 or raw[0] != 131 or raw[1] not in (88, 103):
+        return None
+    tag = raw[2]
+    if tag in (118, 100):  # ATOM_UTF8_EXT, ATOM_EXT: 2-byte length
+        length, start = int.from_bytes(raw[3:5], "big"), 5
+    elif tag in (119, 115):  # SMALL_ATOM_UTF8_EXT, SMALL_ATOM_EXT: 1-byte length
+        length, start = raw[3], 4
+    else:
+        return None
+    name = raw[start : start + length]
+    if len(name) != length or not name:
+        return None
+    return name.decode("utf-8", errors="replace")
 
 
 _reason = describe_pika_error

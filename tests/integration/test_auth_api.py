@@ -56,7 +56,12 @@ def test_unknown_user_lookup_is_404(auth: AuthService):
 
 def test_meta_tells_clients_where_the_broker_is(auth: AuthService, broker: Broker):
     meta = httpx.get(f"{auth.url}/v1/meta", timeout=10).json()
-    assert meta == {"protocol_version": 1, "amqp_url": broker.public_amqp_url, "vhost": "messenger"}
+    assert meta == {
+        "protocol_version": 1,
+        "amqp_url": broker.public_amqp_url,
+        "amqp_urls": [broker.public_amqp_url],
+        "vhost": "messenger",
+    }
 
 
 def test_login_returns_a_token_and_its_expiry(auth: AuthService):

@@ -40,9 +40,10 @@ class FakeConnection:
         self.stopped = threading.Event()
         self.closed = False
 
-    def consume(self, on_message: Callable[[DeliveredMessage], None], on_receipt=None) -> int:
-        for item in self.messages:
-            on_message(item)
+    def consume_batches(
+        self, on_messages: Callable[[list[DeliveredMessage]], None], on_receipt=None
+    ) -> int:
+        on_messages(list(self.messages))
         if self.then is not None:
             raise self.then
         self.stopped.wait(10)

@@ -97,3 +97,20 @@ def test_display_names_are_cached_with_an_age(history: History):
 def test_the_database_is_private(history: History):
     assert stat.S_IMODE(history.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(history.path.parent.stat().st_mode) == 0o700
+
+
+def test_a_batch_is_stored_in_one_go_once_per_id_and_in_order(history: History):
+    history.store_received(delivered("m2"))
+    history.mark_shown("m2")
+    rows = history.store_received_many([delivered("m1"), delivered("m2"), delivered("m1")])
+    assert [(r.id, r.shown) for r in rows] == [("m1", False), ("m2", True), ("m1", False)]
+    assert [m.id for m in history.conversation("bob")] == ["m1", "m2"]
+    history.mark_shown_many(["m1"])
+    assert history.get("m1") is not None and history.get("m1").shown  # type: ignore[union-attr]
+    assert history.store_received_many([]) == []
+
+
+def test_a_batch_larger_than_one_query_is_read_back_whole(history: History):
+    messages = [delivered(f"m{i:04d}") for i in range(1_200)]
+    rows = history.store_received_many(messages)
+    assert [r.id for r in rows] == [m.id for m in messages]

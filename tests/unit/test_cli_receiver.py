@@ -122,3 +122,22 @@ def test_a_receipt_marks_the_sent_message_delivered(history: History):
     receiver.on_receipt(notice)
     assert [m.id for m in recorder.delivered] == ["m9"]
     assert history.conversation("bob")[0].status == "delivered"
+
+
+def test_a_batch_is_stored_then_shown_then_receipted_each_once(history: History):
+    history.store_received(message("m0"))
+    history.mark_shown("m0")  # shown before a crash: not again
+    recorder = Recorder()
+    receiver = receiver_for(history, recorder)
+    receiver.on_messages([message("m0"), message("m1"), message("m2"), message("m1")])
+    assert recorder.events == [
+        ("checkpoint", "stored"),
+        ("show", "m1"),
+        ("show", "m2"),
+        ("checkpoint", "shown"),
+        ("receipt", "m0->bob"),
+        ("receipt", "m1->bob"),
+        ("receipt", "m2->bob"),
+    ]
+    assert receiver.shown == 2
+    assert all(m.shown for m in history.conversation("bob"))

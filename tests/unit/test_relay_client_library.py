@@ -1,13 +1,25 @@
 """The client library's errors, where no broker is needed to provoke them."""
 
+import json
+from typing import Any
+
+import pika
 import pika.exceptions
 import pytest
 
 from clients.library.errors import BrokerUnreachable
-from clients.library.messaging import MessengerConnection, _retryable, _SendState
+from clients.library.messaging import (
+    MessengerConnection,
+    _handle_batch,
+    _retryable,
+    _SendState,
+)
 from deploy.local_broker import free_port
 from protocol.accounts import Meta
 from protocol.messages import RelayAnswer
+from protocol.topology import TYPE_MESSAGE, TYPE_RECEIPT_NOTICE
+
+T0 = "2026-01-02T10:00:00+00:00"
 
 
 def test_nobody_listening_is_broker_unreachable_with_a_readable_reason():
@@ -68,3 +80,72 @@ def test_an_answer_nobody_waits_for_is_dropped():
     sends.forget(sent.client_id)
     sends.on_answer(sent.client_id, RelayAnswer(status="accepted", client_id=sent.client_id))
     assert sends.answers == {}
+
+
+class _FakeImpl:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.log.append(f"ack {delivery_tag} multiple={multiple}")
+
+
+class _FakeChannel:
+    def __init__(self, log: list[str]) -> None:
+        self._impl = _FakeImpl(log)
+
+
+def _delivery(tag: int, kind: str, body: dict[str, str]) -> tuple[int, Any, bytes]:
+    return tag, pika.BasicProperties(type=kind), json.dumps(body).encode()
+
+
+def _inbox_message(message_id: str) -> dict[str, str]:
+    return {"id": message_id, "from": "bob", "to": "alice", "text": "hi", "sent_at": T0}
+
+
+def test_a_batch_is_handed_over_in_order_and_acked_once_after_the_callbacks():
+    log: list[str] = []
+    notice = {"message_id": "x", "reader": "bob", "status": "delivered", "at": T0}
+    batch = [
+        _delivery(1, TYPE_MESSAGE, _inbox_message("m1")),
+        _delivery(2, TYPE_MESSAGE, _inbox_message("m2")),
+        _delivery(3, TYPE_RECEIPT_NOTICE, notice),
+        _delivery(4, TYPE_MESSAGE, {"garbage": "1"}),
+        _delivery(5, TYPE_MESSAGE, _inbox_message("m5")),
+    ]
+    handled = _handle_batch(
+        _FakeChannel(log),
+        batch,
+        lambda ms: log.append("messages " + ",".join(m.id for m in ms)),
+        lambda n: log.append(f"receipt {n.message_id}"),
+    )
+    assert handled == 5
+    assert log == ["messages m1,m2", "receipt x", "messages m5", "ack 5 multiple=True"]
+
+
+def test_when_a_callback_fails_only_what_was_handled_before_it_is_acked():
+    log: list[str] = []
+
+    def fail_on_m5(messages: list[Any]) -> None:
+        if messages[0].id == "m5":
+            raise RuntimeError("disk full")
+
+    notice = {"message_id": "x", "reader": "bob", "status": "delivered", "at": T0}
+    batch = [
+        _delivery(1, TYPE_MESSAGE, _inbox_message("m1")),
+        _delivery(2, TYPE_RECEIPT_NOTICE, notice),
+        _delivery(3, TYPE_MESSAGE, _inbox_message("m5")),
+    ]
+    with pytest.raises(RuntimeError):
+        _handle_batch(_FakeChannel(log), batch, fail_on_m5, None)
+    assert log == ["ack 2 multiple=True"]
+
+
+def test_a_nacked_message_is_published_again_without_its_confirmed_neighbours():
+    sends = _SendState()
+    confirmed, nacked = sends.new_send("bob", "one"), sends.new_send("bob", "two")
+    sends.on_confirm(confirmed.client_id, ack=True)
+    sends.on_confirm(nacked.client_id, ack=False)
+    sends.publishing_again([nacked])
+    assert nacked.client_id not in sends.nacked
+    assert confirmed.client_id in sends.confirmed  # still awaits its answer, not republished

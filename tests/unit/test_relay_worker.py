@@ -17,7 +17,7 @@ from protocol.messages import SENT_MS_HEADER
 from protocol.nodes import Backoff
 from protocol.topology import INBOX_EXCHANGE, TYPE_ANSWER, TYPE_MESSAGE, TYPE_SEND, inbox_queue
 from services.relay.settings import RelaySettings
-from services.relay.worker import PROBE_TIMEOUT_SECONDS, RelayWorker
+from services.relay.worker import PROBE_TIMEOUT_SECONDS, RelayWorker, reply_to_node
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 REPLY = "amq.rabbitmq.reply-to.abc"
@@ -313,3 +313,33 @@ def test_a_reused_client_id_still_gets_each_return_right():
     confirm(worker, 2, multiple=True)
     assert [a["reason"] for a in answers(channel)] == ["unknown_recipient"] * 2
     assert worker._by_message_id == {}
+
+
+# A direct reply-to address as RabbitMQ 3.10.8 wrote it: the pid's node is "reply@17702804".
+NODE_REPLY = (
+    "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAxNzcwMjgwNAAABdYAAAAAawb6dA==./gxSazk8/ZvrOdpRosZL+A=="
+)
+
+
+def test_the_node_is_read_from_a_direct_reply_to_address():
+    assert reply_to_node(NODE_REPLY) == "reply@17702804"
+    for other in (None, "", "inbox.bob", REPLY, "amq.rabbitmq.reply-to.!!!.x"):
+        assert reply_to_node(other) is None
+
+
+def test_answers_to_a_sender_on_a_node_that_is_down_are_dropped_and_the_message_acked():
+    worker, channel = make_worker()
+    node = ("127.0.0.1", 5672)
+    worker._node_names[node] = "reply@17702804"
+    worker._stop_requested.set()  # the thread that waits for the node's return ends at once
+    worker._node_is_down(node)
+    deliver(worker, channel, 1, {"to": "bob", "text": "hi"}, reply_to=NODE_REPLY)
+    confirm(worker, 1)
+    assert channel.acked == [1]
+    assert answers(channel) == []  # RabbitMQ 3.10 would crash the channel on it
+    assert worker.stats.answers_dropped == 1
+
+    worker._node_is_up(node)
+    deliver(worker, channel, 2, {"to": "bob", "text": "again"}, reply_to=NODE_REPLY)
+    confirm(worker, 2)
+    assert [a["status"] for a in answers(channel)] == ["accepted"]
