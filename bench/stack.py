@@ -342,16 +342,6 @@ def process_rss_mb(service: ServiceProcess | None) -> float:
     return rss_mb(service.process.pid)
 
 
-def _node_dir_with_file_limit() -> Path:
-    """A node directory whose rabbitmq-env.conf (sourced by the server's start script, left
-    as it is by LocalNode) raises the open-file limit: Debian's wrapper switches user with
-    `su`, which leaves the node 1,024 descriptors, and a thousand client connections plus the
-    node's own files exceed that (mnesia then fails and every connection is refused)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="messenger-bench-rmq-"))
-    (data_dir / "rabbitmq-env.conf").write_text('ulimit -n "$(ulimit -Hn)" 2>/dev/null || true\n')
-    return data_dir
-
-
 @contextlib.contextmanager
 def running_stack(keep: bool = False) -> Iterator[BenchStack]:
     """A broker node; the auth service and relays start when a scenario needs them."""
@@ -362,7 +352,6 @@ def running_stack(keep: bool = False) -> Iterator[BenchStack]:
     node = LocalNode(
         auth_url=f"http://127.0.0.1:{broker_api_port}",
         service_passwords=service_passwords(),
-        data_dir=_node_dir_with_file_limit(),
     )
     stack = BenchStack(
         workdir=workdir, node=node, broker_api_port=broker_api_port, public_port=free_port()

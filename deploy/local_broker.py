@@ -193,8 +193,12 @@ class LocalNode:
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """Run `rabbitmqctl` against this node (and only this node)."""
+        return self.run_cli("rabbitmqctl", *args, timeout=timeout)
+
+    def run_cli(self, tool: str, *args: str, timeout: float = 60) -> str:
+        """Run one of RabbitMQ's CLI tools (`rabbitmqctl`, `rabbitmq-queues`) on this node."""
         result = subprocess.run(
-            [_tool("rabbitmqctl"), "-n", self.name, *args],
+            [_tool(tool), "-n", self.name, *args],
             env=self._env(),
             capture_output=True,
             text=True,
@@ -202,7 +206,7 @@ class LocalNode:
             check=False,
         )
         if result.returncode != 0:
-            raise BrokerError(f"rabbitmqctl {' '.join(args)}: {result.stderr.strip()}")
+            raise BrokerError(f"{tool} {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
 
     def queue_depths(self) -> dict[str, int]:

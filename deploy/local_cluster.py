@@ -21,7 +21,6 @@ import json
 import logging
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.compose.render_definitions import with_queue_type
-from deploy.local_broker import START_TIMEOUT, BrokerError, LocalNode, _tool, free_port
+from deploy.local_broker import START_TIMEOUT, BrokerError, LocalNode, free_port
 from protocol.topology import VHOST
 
 logger = logging.getLogger(__name__)
@@ -52,17 +51,7 @@ class ClusterNode(LocalNode):
 
     def queues(self, *args: str, timeout: float = 120) -> str:
         """Run `rabbitmq-queues` against this node, as `ctl()` runs rabbitmqctl."""
-        result = subprocess.run(
-            [_tool("rabbitmq-queues"), "-n", self.name, *args],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BrokerError(f"rabbitmq-queues {' '.join(args)}: {result.stderr.strip()}")
-        return result.stdout
+        return self.run_cli("rabbitmq-queues", *args, timeout=timeout)
 
     @property
     def fresh(self) -> bool:

@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 
 import httpx
 import pika
+import pika.exceptions
 
 from deploy.local_broker import LocalNode, free_port, service_passwords
 from deploy.processes import ServiceProcess
-from protocol.topology import VHOST
+from protocol.topology import INBOX_EXCHANGE, VHOST
 
 T = TypeVar("T")
 
@@ -296,6 +297,37 @@ def signup_and_login(auth: AuthService, prefix: str = "u", display_name: str | N
 def close_quietly(connection: pika.BlockingConnection) -> None:
     with contextlib.suppress(Exception):
         connection.close()
+
+
+def login_refused(broker: Broker, username: str, password: str, vhost: str | None = None) -> bool:
+    """True when the broker refuses an AMQP login as `username` with `password`."""
+    params = broker.params(username, password)
+    if vhost is not None:
+        params.virtual_host = vhost
+    try:
+        connection = pika.BlockingConnection(params)
+    except pika.exceptions.AMQPConnectionError:
+        return True
+    close_quietly(connection)
+    return False
+
+
+def deliver_as_relay(broker: Broker, username: str, *bodies: bytes) -> None:
+    """Put messages in `inbox.<username>` the way the relay does (confirmed, mandatory)."""
+    connection = broker.connect("relay", broker.service_passwords["relay"])
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for body in bodies:
+            channel.basic_publish(
+                INBOX_EXCHANGE,
+                username,
+                body,
+                pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
+                mandatory=True,
+            )
+    finally:
+        close_quietly(connection)
 
 
 __all__ = ["VHOST", "AuthService", "Broker", "ServiceProcess", "User"]

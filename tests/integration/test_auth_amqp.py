@@ -6,12 +6,10 @@ import time
 from typing import Any
 
 import httpx
-import pika
-import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from protocol.topology import INBOX_EXCHANGE, inbox_queue
+from protocol.topology import inbox_queue
 from services.auth.store import Store
 from services.auth.tokens import new_token, token_hash
 from tests.integration.stack import (
@@ -19,39 +17,12 @@ from tests.integration.stack import (
     AuthService,
     Broker,
     close_quietly,
+    deliver_as_relay,
     eventually,
+    login_refused,
     signup_and_login,
     unique_username,
 )
-
-
-def login_refused(broker: Broker, username: str, password: str, vhost: str | None = None) -> bool:
-    params = broker.params(username, password)
-    if vhost is not None:
-        params.virtual_host = vhost
-    try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPConnectionError:
-        return True
-    close_quietly(connection)
-    return False
-
-
-def deliver_as_relay(broker: Broker, username: str, body: bytes) -> None:
-    """Put a message in `inbox.<username>` the way the relay does."""
-    connection = broker.connect("relay", broker.service_passwords["relay"])
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_publish(
-            INBOX_EXCHANGE,
-            username,
-            body,
-            pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
-            mandatory=True,
-        )
-    finally:
-        close_quietly(connection)
 
 
 def test_a_session_token_opens_an_amqp_connection_that_consumes_the_own_inbox(

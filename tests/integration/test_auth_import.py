@@ -9,9 +9,15 @@ from pathlib import Path
 import argon2
 import httpx
 
-from protocol.topology import INBOX_EXCHANGE, inbox_queue
+from protocol.topology import inbox_queue
 from services.auth.store import Store
-from tests.integration.stack import AuthService, Broker, close_quietly, unique_username
+from tests.integration.stack import (
+    AuthService,
+    Broker,
+    close_quietly,
+    deliver_as_relay,
+    unique_username,
+)
 
 
 def write_users(path: Path, users: list[object]) -> Path:
@@ -21,13 +27,7 @@ def write_users(path: Path, users: list[object]) -> Path:
 
 def consume_one(broker: Broker, username: str, password: str) -> bytes:
     """Log in over AMQP as `username` and take one message from the own inbox."""
-    relay = broker.connect("relay", broker.service_passwords["relay"])
-    try:
-        channel = relay.channel()
-        channel.confirm_delivery()
-        channel.basic_publish(INBOX_EXCHANGE, username, b"welcome", mandatory=True)
-    finally:
-        close_quietly(relay)
+    deliver_as_relay(broker, username, b"welcome")
     connection = broker.connect(username, password)
     try:
         channel = connection.channel()

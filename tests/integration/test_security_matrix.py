@@ -28,7 +28,14 @@ from protocol.topology import (
     inbox_queue,
     outbox_queue,
 )
-from tests.integration.stack import AuthService, Broker, User, close_quietly, signup_and_login
+from tests.integration.stack import (
+    AuthService,
+    Broker,
+    User,
+    close_quietly,
+    login_refused,
+    signup_and_login,
+)
 
 ACCESS_REFUSED = 403
 PRECONDITION_FAILED = 406
@@ -203,18 +210,6 @@ def test_the_broker_refuses(case: str, channel: BlockingChannel, pair: Pair):
         attempt(channel, pair)
         channel.basic_qos(prefetch_count=1)  # a refusal without a reply shows up here
     assert closed.value.reply_code == code, closed.value
-
-
-def login_refused(broker: Broker, username: str, password: str, vhost: str | None = None) -> bool:
-    params = broker.params(username, password)
-    if vhost is not None:
-        params.virtual_host = vhost
-    try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.AMQPConnectionError:
-        return True
-    close_quietly(connection)
-    return False
 
 
 LOGINS: dict[str, Callable[[Broker, Pair], tuple[str, str]]] = {
