@@ -94,6 +94,8 @@ CONSUME_PREFETCH = 200
 DEFAULT_WINDOW = 1000
 # Publishes are queued on the channel and written in I/O turns: at least every this many.
 FLUSH_EVERY = 64
+# A message source that made send_many() wait this long is paced: flush each publish.
+SLOW_SOURCE_SECONDS = 0.0005
 # `_ensure_open` polls the socket (to notice a close the broker made meanwhile) only when
 # the connection has seen no I/O for this long: a busy sender pays no poll per message.
 IDLE_CHECK_SECONDS = 1.0
@@ -292,10 +294,21 @@ class MessengerConnection:
             order: list[str] = []
             answers: dict[str, RelayAnswer] = {}
             waiting: list[str] = []  # published, unanswered, in order
-            for to, text in messages:
+            pairs = iter(messages)
+            while True:
+                asked = time.monotonic()
+                pair = next(pairs, None)
+                if pair is None:
+                    break
+                # Publishes leave in batches while `messages` yields them flat out. A paced
+                # source (it made us wait) would leave each one queued until the next
+                # batch: write it now instead.
+                slow_source = time.monotonic() - asked > SLOW_SOURCE_SECONDS
                 if len(waiting) >= window:
                     waiting = self._drain(waiting, answers, timeout, until=window // 2)
-                client_id = self._publish_send(to, text, timeout)
+                client_id = self._publish_send(*pair, timeout)
+                if slow_source:
+                    self._flush(timeout)
                 order.append(client_id)
                 waiting.append(client_id)
             self._drain(waiting, answers, timeout, until=0)
