@@ -94,7 +94,7 @@ CONSUME_PREFETCH = 200
 DEFAULT_WINDOW = 1000
 # Publishes are queued on the channel and written in I/O turns: at least every this many.
 FLUSH_EVERY = 64
-# A message source that made send_many() wait this long is paced: flush each publish.
+# A message source that made send_many() wait longer than this is not flat out.
 SLOW_SOURCE_SECONDS = 0.0005
 # `_ensure_open` polls the socket (to notice a close the broker made meanwhile) only when
 # the connection has seen no I/O for this long: a busy sender pays no poll per message.
@@ -295,20 +295,25 @@ class MessengerConnection:
             answers: dict[str, RelayAnswer] = {}
             waiting: list[str] = []  # published, unanswered, in order
             pairs = iter(messages)
+            # Publishes leave in batches only while `messages` has proven to yield them flat
+            # out (FLUSH_EVERY fast pulls in a row). Until then, and as soon as it makes us
+            # wait, what was published is written before asking it for more: a paced source
+            # (a person typing) must not leave its last message queued in the client.
+            fast_pulls, unwritten = 0, False
             while True:
+                if unwritten and fast_pulls < FLUSH_EVERY:
+                    self._flush(timeout)
+                    unwritten = False
                 asked = time.monotonic()
                 pair = next(pairs, None)
                 if pair is None:
                     break
-                # Publishes leave in batches while `messages` yields them flat out. A paced
-                # source (it made us wait) would leave each one queued until the next
-                # batch: write it now instead.
-                slow_source = time.monotonic() - asked > SLOW_SOURCE_SECONDS
+                fast = time.monotonic() - asked <= SLOW_SOURCE_SECONDS
+                fast_pulls = fast_pulls + 1 if fast else 0
                 if len(waiting) >= window:
                     waiting = self._drain(waiting, answers, timeout, until=window // 2)
                 client_id = self._publish_send(*pair, timeout)
-                if slow_source:
-                    self._flush(timeout)
+                unwritten = True
                 order.append(client_id)
                 waiting.append(client_id)
             self._drain(waiting, answers, timeout, until=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -31,6 +32,29 @@ def test_message_reaches_an_online_recipient(auth: AuthService):
     assert message.text == "hello bob"
     assert message.sent_at == answer.sent_at
     assert message.client_id == answer.client_id
+
+
+def test_a_paced_send_many_delivers_each_message_before_the_next_is_produced(
+    auth: AuthService,
+):
+    """send_many() writes publishes in batches; a source that waits (a person typing, a
+    paced feed) must not leave its last message queued in the client until the next."""
+    alice, bob = signup_and_login(auth), signup_and_login(auth)
+    with InboxReader(auth, bob) as reader, connect(auth, alice) as sender:
+
+        def typed() -> Iterator[tuple[str, str]]:
+            def arrived(count: int) -> Callable[[], bool]:
+                return lambda: len(reader.received) == count
+
+            for line in range(3):
+                # The next line comes only once the previous one has arrived.
+                eventually(arrived(line), timeout=10)
+                yield bob.username, f"line {line}"
+
+        answers = sender.send_many(typed(), timeout=15)
+        eventually(lambda: len(reader.received) == 3)
+    assert [a.status for a in answers] == ["accepted"] * 3
+    assert [m.text for m in reader.received] == ["line 0", "line 1", "line 2"]
 
 
 def test_message_waits_for_a_recipient_who_never_connected(auth: AuthService):
