@@ -21,18 +21,16 @@ from clients.library.errors import MessengerError, NotConfirmed
 OK = 0
 FAILED = 1
 USAGE = 2
-QUEUED = 3
 INTERRUPTED = 130
 
+# `send` exits 0 only once the relay accepted the message (the pinned interface): a message
+# the broker holds but the relay has not confirmed yet is a 1 too, with a line that says it
+# is queued and will be delivered, in yellow rather than red.
 EXIT_CODES_HELP = (
-    "Exit codes: 0 success · 1 failed, with one line on stderr saying why and what to do ·"
-    " 2 wrong usage · 3 (send) not yet confirmed: the server holds the message and will"
-    " deliver it, do not send it again · 130 interrupted."
+    "Exit codes: 0 success · 1 failed, with one line on stderr saying why and what to do"
+    " (for send also: queued, not yet confirmed by the relay; it will be delivered, do not"
+    " send it again) · 2 wrong usage · 130 interrupted."
 )
-
-
-def exit_code_for(error: MessengerError) -> int:
-    return QUEUED if isinstance(error, NotConfirmed) else FAILED
 
 
 def error_line(message: str, hint: str | None, *, prefix: str = "messenger") -> str:
@@ -51,7 +49,7 @@ def report(error: MessengerError) -> int:
         err(f"{paint('messenger:', 'bold', 'yellow')} {message} — {error.hint}")
     else:
         err(error_line(message, error.hint))
-    return exit_code_for(error)
+    return FAILED
 
 
 def run(command: typer.Typer, args: Sequence[str], prog_name: str = "messenger") -> int:

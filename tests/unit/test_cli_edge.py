@@ -10,7 +10,7 @@ import pytest
 
 from clients.cli.app import build_app
 from clients.cli.context import Cli
-from clients.cli.edge import FAILED, OK, QUEUED, USAGE, run
+from clients.cli.edge import FAILED, OK, USAGE, run
 from clients.library.state import Paths, StoredSession, save_session
 from deploy.local_broker import free_port
 
@@ -61,12 +61,12 @@ def test_help_documents_the_exit_codes(home, capsys):
     code, out, _ = messenger(capsys, "--help")
     assert code == OK
     flat = " ".join(out.split())
-    for documented in ("0 success", "1 failed", "2 wrong usage", "3 (send) not yet confirmed"):
+    for documented in ("0 success", "1 failed", "2 wrong usage", "queued, not yet confirmed"):
         assert documented in flat
 
 
 def test_exit_codes_are_distinct():
-    assert len({OK, FAILED, USAGE, QUEUED}) == 4
+    assert len({OK, FAILED, USAGE}) == 3
 
 
 @pytest.mark.parametrize(
