@@ -70,11 +70,7 @@ def _timed(
         if action == "signup":
             response = client.post(
                 f"{stack.auth_url}/v1/users",
-                json={
-                    "username": account.username,
-                    "display_name": f"Bench {account.username}",
-                    "password": account.password,
-                },
+                json=account.signup_body(),
                 timeout=300,
             )
             ok = response.status_code == 201

@@ -45,6 +45,13 @@ class Account:
     password: str
     token: str = ""
 
+    def signup_body(self) -> dict[str, str]:
+        return {
+            "username": self.username,
+            "display_name": f"Bench {self.username}",
+            "password": self.password,
+        }
+
 
 @dataclass
 class BenchStack:
@@ -156,11 +163,7 @@ class BenchStack:
         account = Account(f"{prefix}{uuid.uuid4().hex[:12]}", secrets.token_urlsafe(12))
         response = client.post(
             f"{self.auth_url}/v1/users",
-            json={
-                "username": account.username,
-                "display_name": f"Bench {account.username}",
-                "password": account.password,
-            },
+            json=account.signup_body(),
             timeout=120,
         )
         if response.status_code != 201:

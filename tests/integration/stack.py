@@ -312,9 +312,12 @@ def login_refused(broker: Broker, username: str, password: str, vhost: str | Non
     return False
 
 
-def deliver_as_relay(broker: Broker, username: str, *bodies: bytes) -> None:
-    """Put messages in `inbox.<username>` the way the relay does (confirmed, mandatory)."""
-    connection = broker.connect("relay", broker.service_passwords["relay"])
+def deliver_as_relay(node: LocalNode, username: str, *bodies: bytes) -> None:
+    """Put messages in `inbox.<username>` the way the relay does (persistent, mandatory,
+    confirmed), through `node` (a single node, or one node of a cluster)."""
+    connection = pika.BlockingConnection(
+        node.connection_parameters("relay", node.service_passwords["relay"])
+    )
     try:
         channel = connection.channel()
         channel.confirm_delivery()

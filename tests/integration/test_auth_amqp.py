@@ -29,7 +29,7 @@ def test_a_session_token_opens_an_amqp_connection_that_consumes_the_own_inbox(
     auth: AuthService, broker: Broker
 ):
     user = signup_and_login(auth)
-    deliver_as_relay(broker, user.username, b"hello")
+    deliver_as_relay(broker.node, user.username, b"hello")
     connection = broker.connect(user.username, user.token)
     try:
         channel = connection.channel()

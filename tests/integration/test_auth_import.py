@@ -27,7 +27,7 @@ def write_users(path: Path, users: list[object]) -> Path:
 
 def consume_one(broker: Broker, username: str, password: str) -> bytes:
     """Log in over AMQP as `username` and take one message from the own inbox."""
-    deliver_as_relay(broker, username, b"welcome")
+    deliver_as_relay(broker.node, username, b"welcome")
     connection = broker.connect(username, password)
     try:
         channel = connection.channel()

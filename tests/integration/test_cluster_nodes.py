@@ -20,13 +20,14 @@ import pytest
 
 from deploy.local_broker import free_port, service_passwords
 from deploy.local_cluster import ClusterNode, LocalCluster
-from protocol.topology import INBOX_EXCHANGE, OUTBOX_QUEUES, inbox_queue
+from protocol.topology import OUTBOX_QUEUES, inbox_queue
 from tests.integration.stack import (
     TEST_AUTH_CACHE_TTL_MS,
     AuthService,
     Broker,
     User,
     close_quietly,
+    deliver_as_relay,
     eventually,
     signup_and_login,
     start_auth,
@@ -87,26 +88,6 @@ def auth_on(cluster: LocalCluster, workdir: Path, queue_type: str, **env: str) -
     )
 
 
-def publish_to_inbox(node: ClusterNode, username: str, bodies: list[bytes]) -> None:
-    """What the relay does: persistent, mandatory, confirmed publishes to `inbox`."""
-    connection = pika.BlockingConnection(
-        node.connection_parameters("relay", node.service_passwords["relay"])
-    )
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for body in bodies:
-            channel.basic_publish(
-                INBOX_EXCHANGE,
-                username,
-                body,
-                pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent),
-                mandatory=True,
-            )
-    finally:
-        close_quietly(connection)
-
-
 def read_all(node: ClusterNode, user: User) -> list[bytes]:
     """Everything waiting in the user's inbox, read and acked as the user through `node`."""
     connection = pika.BlockingConnection(node.connection_parameters(user.username, user.token))
@@ -158,7 +139,7 @@ def test_quorum_inbox_survives_sigkill_of_its_leader_and_is_read_from_another_no
         assert queue_type == "quorum" and members == set(cluster.node_names)
         killed = node_named(cluster, leader)
         sent = bodies("quorum")
-        publish_to_inbox(cluster.nodes[killed], bob.username, sent)  # confirmed by the leader
+        deliver_as_relay(cluster.nodes[killed], bob.username, *sent)  # confirmed by the leader
 
         cluster.kill(killed)
         survivor = next(node for node in cluster.nodes if node.running)
@@ -198,7 +179,7 @@ def test_classic_inbox_on_a_killed_node_is_unavailable_until_it_returns_then_not
         killed = node_named(cluster, home)
         survivor = cluster.nodes[(killed + 1) % len(cluster.nodes)]
         sent = bodies("classic")
-        publish_to_inbox(survivor, carol.username, sent)  # routed to the queue's home node
+        deliver_as_relay(survivor, carol.username, *sent)  # routed to the queue's home node
 
         cluster.kill(killed)
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
@@ -207,7 +188,7 @@ def test_classic_inbox_on_a_killed_node_is_unavailable_until_it_returns_then_not
         # A new message for her is not routable while her inbox is down: the relay's
         # mandatory publish comes back, so a sender is told rather than the message lost.
         with pytest.raises(pika.exceptions.UnroutableError):
-            publish_to_inbox(survivor, carol.username, [b"while her node is down"])
+            deliver_as_relay(survivor, carol.username, b"while her node is down")
 
         cluster.start_node(killed)
         received = eventually(lambda: read_all(survivor, carol), timeout=FAILOVER_TIMEOUT)
