@@ -26,6 +26,7 @@ import httpx
 import pika
 import psutil
 
+from broker.params import connection_parameters
 from deploy.local_broker import LocalNode, free_port, service_passwords
 from deploy.processes import ServiceProcess
 from protocol.topology import VHOST
@@ -71,11 +72,11 @@ class BenchStack:
         return f"http://127.0.0.1:{self.public_port}"
 
     def params(self, username: str, password: str) -> pika.ConnectionParameters:
-        return pika.ConnectionParameters(
-            host=self.node.host,
-            port=self.node.amqp_port,
-            virtual_host=VHOST,
-            credentials=pika.PlainCredentials(username, password),
+        return connection_parameters(
+            (self.node.host, self.node.amqp_port),
+            vhost=VHOST,
+            username=username,
+            password=password,
             connection_attempts=3,
             retry_delay=0.5,
             socket_timeout=10,

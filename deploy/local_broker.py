@@ -26,13 +26,13 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
 import pika.exceptions
 
+from broker.params import connection_parameters
 from protocol.topology import VHOST
 
 logger = logging.getLogger(__name__)
@@ -182,13 +182,8 @@ class LocalNode:
         return f"amqp://{self.host}:{self.amqp_port}"
 
     def connection_parameters(self, username: str, password: str) -> pika.ConnectionParameters:
-        return pika.ConnectionParameters(
-            host=self.host,
-            port=self.amqp_port,
-            virtual_host=VHOST,
-            credentials=pika.PlainCredentials(username, password),
-            connection_attempts=1,
-            socket_timeout=5,
+        return connection_parameters(
+            (self.host, self.amqp_port), vhost=VHOST, username=username, password=password
         )
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
@@ -353,17 +348,6 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.1)
     return True
-
-
-@contextlib.contextmanager
-def running_node(**kwargs: object) -> Iterator[LocalNode]:
-    """A started node, removed with its data directory at the end, however the block ends."""
-    node = LocalNode(**kwargs)  # type: ignore[arg-type]
-    try:
-        node.start()
-        yield node
-    finally:
-        node.remove()
 
 
 def service_passwords() -> dict[str, str]:

@@ -4,18 +4,21 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from protocol.nodes import parse_amqp_url, parse_nodes
-from protocol.topology import VHOST
+from broker.nodes import parse_amqp_url
+from broker.settings import BrokerSettings
 
 
 def _default_db_path() -> Path:
     return platformdirs.user_data_path("messenger-auth") / "users.sqlite3"
 
 
-class AuthSettings(BaseSettings):
+class AuthSettings(BrokerSettings):
+    """The broker fields (AMQP_HOST, AMQP_PORT, AMQP_NODES, VHOST, AMQP_USER, AMQP_PASSWORD:
+    how this service reaches the broker to declare inboxes) come from BrokerSettings."""
+
     model_config = SettingsConfigDict(env_prefix="MESSENGER_AUTH_")
 
     db_path: Path = Field(default_factory=_default_db_path)
@@ -26,20 +29,13 @@ class AuthSettings(BaseSettings):
     broker_api_host: str = "127.0.0.1"
     broker_api_port: int = 8081
 
-    # How this service reaches the broker (as the `auth` service account) to declare inboxes.
-    amqp_host: str = "127.0.0.1"
-    amqp_port: int = 5672
-    # The nodes of a cluster, `host:port,host:port,...`, tried in turn; empty: the one above.
-    amqp_nodes: Annotated[list[tuple[str, int]], NoDecode] = []
-    vhost: str = VHOST
     amqp_user: str = "auth"
-    amqp_password: SecretStr
     inbox_queue_type: Literal["classic", "quorum"] = "classic"
 
     # What GET /v1/meta tells clients: where they reach the broker themselves.
     public_amqp_url: str = "amqp://127.0.0.1:5672"
     # Every node's URL, comma-separated (`amqp_urls` in GET /v1/meta); empty: the one above.
-    public_amqp_urls: Annotated[list[str], NoDecode] = []
+    public_amqp_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     token_ttl_seconds: int = 7 * 24 * 3600
 
@@ -64,11 +60,6 @@ class AuthSettings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("amqp_nodes", mode="before")
-    @classmethod
-    def _split_nodes(cls, value: object) -> object:
-        return parse_nodes(value) if isinstance(value, str) else value
-
     @field_validator("public_amqp_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
@@ -78,10 +69,6 @@ class AuthSettings(BaseSettings):
             for url in value:
                 parse_amqp_url(str(url))
         return value
-
-    def broker_nodes(self) -> list[tuple[str, int]]:
-        """Where this service connects, in order of preference."""
-        return list(self.amqp_nodes) or [(self.amqp_host, self.amqp_port)]
 
     def client_amqp_urls(self) -> list[str]:
         """What GET /v1/meta announces: every node's public URL, in order."""
