@@ -94,6 +94,7 @@ class LocalNode:
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="messenger-rmq-")))
     amqp_port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
+    web_stomp_port: int = field(default_factory=free_port)  # STOMP over WebSocket, for browsers
     name: str = field(default_factory=lambda: f"messenger-{secrets.token_hex(4)}@localhost")
     host: str = "127.0.0.1"
     extra_config: str = ""
@@ -269,6 +270,7 @@ class LocalNode:
                 "",
                 "# --- written by deploy/local_broker.py for this node (later keys win) ---",
                 f"listeners.tcp.default = {self._listener()}",
+                *self._web_stomp_listener(),
                 f"definitions.local.path = {self._path_seen_by_broker(defs_path)}",
                 f"auth_cache.cache_ttl = {self.auth_cache_ttl_ms}",
                 *(
@@ -289,6 +291,14 @@ class LocalNode:
 
     def _listener(self) -> str:
         return f"{self.host}:{self.amqp_port}"
+
+    def _web_stomp_listener(self) -> list[str]:
+        return [f"web_stomp.tcp.ip = {self.host}", f"web_stomp.tcp.port = {self.web_stomp_port}"]
+
+    @property
+    def web_stomp_url(self) -> str:
+        """The Web STOMP endpoint; the auth service's public listener proxies `/ws` to it."""
+        return f"ws://{self.host}:{self.web_stomp_port}/ws"
 
     def _path_seen_by_broker(self, path: Path) -> Path:
         return path

@@ -266,5 +266,11 @@ class OutboxWorker:
 
 
 def _header_int(headers: dict[str, object] | None, name: str) -> int | None:
+    """An integer header; also its decimal text, which is all a STOMP client (the browser,
+    through Web STOMP) can send: the broker turns every STOMP header into a string."""
     value = headers.get(name) if headers else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
