@@ -2,6 +2,7 @@
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, field_validator
@@ -13,6 +14,11 @@ from broker.settings import BrokerSettings
 
 def _default_db_path() -> Path:
     return platformdirs.user_data_path("messenger-auth") / "users.sqlite3"
+
+
+def _default_web_dir() -> Path:
+    """The committed front-end build of a source checkout (the image sets its own)."""
+    return Path(__file__).resolve().parents[2] / "web" / "dist"
 
 
 class AuthSettings(BrokerSettings):
@@ -38,6 +44,12 @@ class AuthSettings(BrokerSettings):
     public_amqp_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     token_ttl_seconds: int = 7 * 24 * 3600
+
+    # The web client on the public listener (services/auth/web.py): the built page, and the
+    # broker's Web STOMP listener(s) `/ws` is proxied to, tried in turn (each node of a
+    # cluster), comma-separated.
+    web_dir: Path | None = Field(default_factory=_default_web_dir)
+    web_stomp_urls: Annotated[list[str], NoDecode] = ["ws://127.0.0.1:15674/ws"]
 
     # Failed logins (API and broker) allowed per window, per username and per client address.
     login_failures_per_user: int = 10
@@ -68,6 +80,17 @@ class AuthSettings(BrokerSettings):
         if isinstance(value, list):
             for url in value:
                 parse_amqp_url(str(url))
+        return value
+
+    @field_validator("web_stomp_urls", mode="before")
+    @classmethod
+    def _split_ws_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        if isinstance(value, list):
+            for url in value:
+                if urlsplit(str(url)).scheme not in ("ws", "wss"):
+                    raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
         return value
 
     def client_amqp_urls(self) -> list[str]:
