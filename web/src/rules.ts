@@ -15,12 +15,10 @@ import {
 } from "./generated/protocol";
 
 const usernamePattern = new RegExp(USERNAME_PATTERN);
-const forbiddenInName = new RegExp(
-  `[${DISPLAY_NAME_FORBIDDEN_CATEGORIES.map((c) => `\\p{${c}}`).join("")}]`,
-  "u",
-);
-const forbiddenInText = new RegExp(TEXT_FORBIDDEN_CLASS, "u");
 const reserved: ReadonlySet<string> = new Set(RESERVED_USERNAMES);
+// Unicode-property patterns are compiled on first use, not while the page starts.
+let forbiddenInName: RegExp | undefined;
+let forbiddenInText: RegExp | undefined;
 
 /** Length in code points, as Python counts it. */
 function length(value: string): number {
@@ -46,6 +44,10 @@ export function usernameError(value: string): string | null {
 export function displayNameError(value: string): string | null {
   const n = length(value);
   if (n < 1 || n > DISPLAY_NAME_MAX) return `A display name is 1 to ${DISPLAY_NAME_MAX} characters long.`;
+  forbiddenInName ??= new RegExp(
+    `[${DISPLAY_NAME_FORBIDDEN_CATEGORIES.map((c) => `\\p{${c}}`).join("")}]`,
+    "u",
+  );
   const bad = forbiddenInName.exec(value);
   if (bad) return `A display name cannot hold the character U+${codePoint(bad[0])}.`;
   if (!value.trim()) return "A display name cannot be blank.";
@@ -66,6 +68,7 @@ export function checkText(value: string): { text: string } | { error: string } {
   if (length(text) > MAX_TEXT_CHARS) {
     return { error: `A message is at most ${MAX_TEXT_CHARS.toLocaleString()} characters long.` };
   }
+  forbiddenInText ??= new RegExp(TEXT_FORBIDDEN_CLASS, "u");
   const bad = forbiddenInText.exec(text);
   if (bad) return { error: `A message cannot hold the control character U+${codePoint(bad[0])}.` };
   return { text };

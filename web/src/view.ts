@@ -31,20 +31,26 @@ const MARKS: Record<Status, [string, string]> = {
   failed: ["!", "not sent"],
 };
 
-const timeOnly = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-const dayAndTime = new Intl.DateTimeFormat(undefined, {
-  month: "short",
-  day: "numeric",
-  hour: "2-digit",
-  minute: "2-digit",
-});
-const full = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+/** Date formats of the browser's locale and zone, made on first use (not while the page
+ * starts: a formatter costs milliseconds to build). */
+const formats = new Map<string, Intl.DateTimeFormat>();
+function format(options: Intl.DateTimeFormatOptions, date: Date): string {
+  const key = JSON.stringify(options);
+  let formatter = formats.get(key);
+  if (!formatter) formats.set(key, (formatter = new Intl.DateTimeFormat(undefined, options)));
+  return formatter.format(date);
+}
 
 /** A time in the browser's own zone: the hour today, the day and hour before. */
 export function shortTime(at: number): string {
   const date = new Date(at);
-  const today = new Date();
-  return date.toDateString() === today.toDateString() ? timeOnly.format(date) : dayAndTime.format(date);
+  const today = date.toDateString() === new Date().toDateString();
+  return format(
+    today
+      ? { hour: "2-digit", minute: "2-digit" }
+      : { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" },
+    date,
+  );
 }
 
 export function setConnection(state: LinkState, reason?: string): void {
@@ -103,7 +109,7 @@ export class MessageList {
     const time = article.querySelector("time") as HTMLTimeElement;
     time.dateTime = message.sent_at;
     time.textContent = shortTime(message.at);
-    time.title = full.format(new Date(message.at));
+    time.title = format({ dateStyle: "full", timeStyle: "long" }, new Date(message.at));
     const status = article.querySelector(".status") as HTMLElement | null;
     if (status && message.status) {
       const [mark, label] = MARKS[message.status];
