@@ -32,7 +32,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in this
+# thread while it is open, and later tests call asyncio.run().
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         message = f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
@@ -47,7 +49,7 @@ def playwright() -> Iterator[Playwright]:
 expect.set_options(timeout=15_000)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # Playwright gives every launch a fresh, temporary user-data-dir of its own.
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
