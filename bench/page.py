@@ -29,18 +29,9 @@ from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from bench.context import Context
 from bench.report import Figure, Run, ScenarioResult
+from web import chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM = chromium.EXECUTABLE
 BLANK = "<!doctype html><html lang=en><meta charset=utf-8><title>blank</title></html>\n"
 # Targets: the page may cost at most twice a blank page's time to interactive on the same
 # server and browser, and weigh at most 50 kB on the wire on a first load.
@@ -138,7 +129,7 @@ def run(ctx: Context) -> ScenarioResult:
         (Path(blank_dir) / "assets").mkdir()
         (Path(blank_dir) / "index.html").write_text(BLANK)
         with sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = driver.chromium.launch(executable_path=CHROMIUM, args=chromium.ARGS)
             try:
                 stack.start_auth(MESSENGER_AUTH_WEB_DIR=blank_dir)
                 _measure(browser, url, 1)  # warm-up: the server's first requests

@@ -18,18 +18,9 @@ from playwright.sync_api import Browser, BrowserContext, Playwright, expect, syn
 
 from tests.browser.web_user import WebUser
 from tests.integration.stack import AuthService, ServiceProcess
+from web import chromium
 
-CHROMIUM = os.environ.get("MESSENGER_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM = chromium.EXECUTABLE
 
 
 # Package scope, not session: Playwright's sync API keeps an event loop running in this
@@ -52,11 +43,11 @@ expect.set_options(timeout=15_000)
 @pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # Playwright gives every launch a fresh, temporary user-data-dir of its own.
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=chromium.ARGS)
     try:
-        yield chromium
+        yield launched
     finally:
-        chromium.close()
+        launched.close()
 
 
 @pytest.fixture
