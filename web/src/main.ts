@@ -193,7 +193,7 @@ class Chat {
   private onFrame(message: IMessage): void {
     try {
       const body: unknown = JSON.parse(message.body);
-      const type = message.headers.type;
+      const type = message.headers.type ?? TYPE_MESSAGE; // as the CLI reads an untyped one
       if (type === TYPE_MESSAGE && isDelivered(body)) this.onDelivered(body);
       else if (type === TYPE_RECEIPT_NOTICE && isNotice(body)) this.onNotice(body);
       else if (type === TYPE_ANSWER && isAnswer(body)) this.onAnswer(body);
