@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,10 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture
-def web(
-    browser: Browser, auth: AuthService, relay: ServiceProcess, tmp_path: Path
-) -> Iterator[Callable[..., WebUser]]:
-    """A factory of people, each in a browser context of their own (a device)."""
+@contextmanager
+def people(browser: Browser, url: str) -> Iterator[Callable[..., WebUser]]:
+    """A factory of people on the server at `url`, each in a browser context of their own
+    (a device); at the end, every page must have run without an error."""
     contexts: list[BrowserContext] = []
     users: list[WebUser] = []
 
@@ -66,7 +66,7 @@ def web(
         )
         context.set_default_timeout(15_000)
         contexts.append(context)
-        user = WebUser.open(context, auth.url, prefix, display_name)
+        user = WebUser.open(context, url, prefix, display_name)
         users.append(user)
         return user
 
@@ -77,3 +77,12 @@ def web(
     finally:
         for context in contexts:
             context.close()
+
+
+@pytest.fixture
+def web(
+    browser: Browser, auth: AuthService, relay: ServiceProcess
+) -> Iterator[Callable[..., WebUser]]:
+    """People on the session's system (broker, relay, auth service)."""
+    with people(browser, auth.url) as new_user:
+        yield new_user

@@ -74,8 +74,8 @@ class WebUser:
         self.expect_online()
         return self
 
-    def expect_online(self) -> None:
-        expect(self.page.get_by_role("status")).to_have_text("Online")
+    def expect_online(self, timeout: float | None = None) -> None:
+        expect(self.page.get_by_role("status")).to_have_text("Online", timeout=timeout)
 
     # -- chatting --
 
