@@ -49,7 +49,9 @@ class AuthSettings(BrokerSettings):
     # broker's Web STOMP listener(s) `/ws` is proxied to, tried in turn (each node of a
     # cluster), comma-separated.
     web_dir: Path | None = Field(default_factory=_default_web_dir)
-    web_stomp_urls: Annotated[list[str], NoDecode] = ["ws://127.0.0.1:15674/ws"]
+    web_stomp_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ws://127.0.0.1:15674/ws"]
+    )
 
     # Failed logins (API and broker) allowed per window, per username and per client address.
     login_failures_per_user: int = 10
