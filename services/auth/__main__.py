@@ -21,10 +21,11 @@ from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
 from services.auth.accounts import Accounts
 from services.auth.broker_api import create_broker_app
+from services.auth.broker_key import RequireKey
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
-from services.auth.public_api import create_public_app
+from services.auth.public_api import amqp_url_with_vhost, create_public_app
 from services.auth.ratelimit import LoginLimiter
 from services.auth.settings import AuthSettings
 from services.auth.store import Store
@@ -76,7 +77,7 @@ def serve() -> None:
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,
     )
-    amqp_urls = settings.client_amqp_urls()
+    amqp_urls = [amqp_url_with_vhost(url, settings.vhost) for url in settings.client_amqp_urls()]
     meta = Meta(
         protocol_version=PROTOCOL_VERSION,
         amqp_url=amqp_urls[0],
@@ -84,18 +85,23 @@ def serve() -> None:
         vhost=settings.vhost,
     )
     public = create_public_app(accounts, meta, settings.max_body_bytes)
-    broker = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
+    broker: object = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
+    if settings.broker_api_key is not None:
+        broker = RequireKey(broker, settings.broker_api_key.get_secret_value())  # type: ignore[arg-type]
     servers = [
         _Server(_config(public, settings.public_host, settings.public_port)),
-        _Server(_config(broker, settings.broker_api_host, settings.broker_api_port)),
+        # No access log there: a line per broker check is noise, and a path may hold the key.
+        _Server(
+            _config(broker, settings.broker_api_host, settings.broker_api_port, access_log=False)
+        ),
     ]
-    logging.getLogger("uvicorn.access").addFilter(_skip_broker_checks)
     logger.info(
-        "public API on http://%s:%d, broker auth API on http://%s:%d",
+        "public API on http://%s:%d, broker auth API on http://%s:%d%s",
         settings.public_host,
         settings.public_port,
         settings.broker_api_host,
         settings.broker_api_port,
+        " (behind its key)" if settings.broker_api_key is not None else "",
     )
     try:
         asyncio.run(_serve_all(servers))
@@ -165,21 +171,12 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _skip_broker_checks(record: logging.LogRecord) -> bool:
-    """RabbitMQ asks /broker/* several times per connection: too many lines to log each.
-    (Denials are logged by broker_api; the public listener answers /broker/* with 404.)"""
-    args = record.args
-    if isinstance(args, tuple) and len(args) == 5:
-        path, status_code = args[2], args[4]
-        return not (str(path).startswith("/broker/") and status_code == 200)
-    return True
-
-
-def _config(app: object, host: str, port: int) -> uvicorn.Config:
+def _config(app: object, host: str, port: int, access_log: bool = True) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
+        access_log=access_log,
         log_config=None,  # our logging (services.logs), not uvicorn's
         lifespan="off",
         server_header=False,

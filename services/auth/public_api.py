@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from fastapi import FastAPI, Header, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +25,18 @@ from services.auth.validation import describe_errors
 logger = logging.getLogger(__name__)
 
 WRONG_CREDENTIALS = "wrong username or password"
+
+
+def amqp_url_with_vhost(url: str, vhost: str) -> str:
+    """`amqp://host:port` -> `amqp://host:port/<vhost>`, as RabbitMQ's URI spec has it.
+
+    A plain AMQP client given the URL then lands on our vhost, not on `/`. The vhost is
+    percent-encoded (`/` is `%2F`); a URL that already names a vhost is left as it is.
+    """
+    parts = urlsplit(url)
+    if parts.path not in ("", "/"):
+        return url
+    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
 
 
 def create_public_app(accounts: Accounts, meta: Meta, max_body_bytes: int = 64 * 1024) -> FastAPI:
