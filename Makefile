@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test bench lint venv clean
+.PHONY: run import test bench lint venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ venv: $(STAMP)
 ## make run [CLUSTER=1]: broker, auth service and relay on this machine; Ctrl-C stops all
 run: $(STAMP)
 	$(BIN)/python -m deploy.run $(if $(CLUSTER),--cluster)
+
+## make import FILE=users.json [CLUSTER=1]: import users into the running `make run`
+import: $(STAMP)
+	$(if $(FILE),,$(error give the file: make import FILE=users.json))
+	$(BIN)/python -m deploy.import_users $(FILE) $(if $(CLUSTER),--cluster)
 
 ## make test: unit and integration tests against a real RabbitMQ
 test: $(STAMP)

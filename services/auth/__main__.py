@@ -120,9 +120,10 @@ def import_(
     """Import users from FILE; report created / present / invalid per entry.
 
     Exit status: 0 all entries fine, 1 some invalid (the valid ones are imported), 2 the file
-    is unusable or the broker is unreachable."""
+    is unusable, or the broker is unreachable or refused the auth service's login. To import
+    into a running `make run`, use `make import FILE=...`: it knows the instance's settings."""
     settings = _settings()
-    configure_logging("WARNING")
+    configure_logging("CRITICAL")  # the report below says all; no log lines in between
     try:
         text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
         entries = parse_file(text)
@@ -139,16 +140,32 @@ def import_(
     counts = {outcome: 0 for outcome in Outcome}
     for result in results:
         counts[result.outcome] += 1
-        typer.echo(result.line())
+        if result.outcome is not Outcome.FAILED:
+            typer.echo(result.line())
     typer.echo(
         f"{counts[Outcome.CREATED]} created, {counts[Outcome.PRESENT]} already present, "
         f"{counts[Outcome.INVALID]} invalid"
     )
-    if counts[Outcome.FAILED]:
-        typer.echo("error: the broker is unreachable; the import stopped there", err=True)
+    failed = [result for result in results if result.outcome is Outcome.FAILED]
+    if failed:
+        hint = (
+            "is MESSENGER_AUTH_AMQP_PASSWORD the auth account's password? (`make import` "
+            "reads it from the running `make run`)"
+            if "refused" in failed[0].reason
+            else f"is the broker running at {_nodes(settings)}?"
+        )
+        typer.echo(
+            f"error: {failed[0].reason}; the import stopped at entry #{failed[0].index} "
+            f"(entries before it are imported) — {hint}",
+            err=True,
+        )
         raise typer.Exit(2)
     if counts[Outcome.INVALID]:
         raise typer.Exit(1)
+
+
+def _nodes(settings: AuthSettings) -> str:
+    return ", ".join(f"{host}:{port}" for host, port in settings.broker_nodes())
 
 
 @cli.command()
