@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,6 +129,22 @@ def free_ports(host: str, count: int, first: int = FIRST_AMQP_PORT) -> list[int]
             if len(found) == count:
                 return found
     raise OSError(f"no free port between {first} and {first + PORT_SCAN - 1} for AMQP")
+
+
+def stable_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Free ports below the kernel's ephemeral range, for listeners that must get the same
+    port again after a restart: a port in that range may meanwhile have been handed to some
+    program's outgoing connection, and then it cannot be bound."""
+    low = _ephemeral_start()
+    start = random.randrange(max(1024, low - 8000), low - PORT_SCAN)
+    return free_ports(host, count, first=start)
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _legacy_name(broker_dir: Path, count: int) -> str | None:

@@ -32,7 +32,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy import instance, run_state
-from deploy.local_broker import BrokerError, LocalNode, free_port, service_passwords
+from deploy.local_broker import BrokerError, LocalNode, service_passwords
 from deploy.local_cluster import LocalCluster
 from deploy.processes import ServiceProcess
 from deploy.supervisor import NodePart, Part, ProcessPart, Supervisor
@@ -160,7 +160,7 @@ class LocalRun:
         passwords = service_passwords()
         # The broker's auth backend calls http://127.0.0.1:<port>/<key>/broker/...; only the
         # node's config (mode 0600) knows the key: any other local program is turned away.
-        self.broker_api_port = free_port()
+        self.broker_api_port, *dist_ports = instance.stable_ports(4 if cluster else 2)
         broker_api_key = secrets.token_urlsafe(24)
         auth_url = f"http://127.0.0.1:{self.broker_api_port}/{broker_api_key}"
         self.broker: LocalNode | LocalCluster
@@ -171,6 +171,7 @@ class LocalRun:
                 base_dir=broker_dir,
                 name_prefix=identity.node_name,
                 amqp_ports=identity.amqp_ports,
+                dist_ports=dist_ports,
                 host=settings.host,
             )
             self.nodes: list[LocalNode] = list(self.broker.nodes)
@@ -181,6 +182,7 @@ class LocalRun:
                 service_passwords=passwords,
                 data_dir=broker_dir,
                 amqp_port=identity.amqp_ports[0],
+                dist_port=dist_ports[0],
                 name=identity.node(),
                 host=settings.host,
             )
