@@ -348,3 +348,30 @@ def test_a_second_instance_runs_beside_the_first_and_keeps_its_address(
         assert after.send("after a restart")
         after.until_delivered("after a restart")
     assert identity["node_name"] not in instance.log()  # its own node name
+
+
+def test_a_clashing_node_name_fails_with_the_cause_and_leaves_nothing(
+    instance: Instance, base: Path
+):
+    data_dir = base / "clash"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    clash = Instance(data_dir, public_port_for_test())
+    node_name = json.loads((instance.data_dir / "instance.json").read_text())["node_name"]
+    with clash.output.open("ab") as out:
+        process = subprocess.run(
+            [sys.executable, "-m", "deploy.run"],
+            env={**clash.env(), "MESSENGER_RUN_NODE_NAME": node_name},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    assert process.returncode == 1
+    (error,) = [line for line in clash.log().splitlines() if "could not start Messenger" in line]
+    assert f"another node named {node_name}@localhost already runs" in error
+    assert "duplicate_node_name" in error and "MESSENGER_RUN_NODE_NAME" in error
+    with pytest.raises(httpx.ConnectError):  # its auth service was stopped again
+        httpx.get(f"{clash.url}/healthz", timeout=5)
+    assert httpx.get(f"{instance.url}/healthz", timeout=5).status_code == 200
