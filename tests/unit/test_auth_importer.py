@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import argon2
 import pytest
@@ -166,3 +168,12 @@ def test_export_writes_hashes_only_and_round_trips(store, tmp_path):
 def test_an_unusable_file_is_refused_as_a_whole(text):
     with pytest.raises(ImportFileError):
         parse_file(text)
+
+
+def test_the_documented_example_file_imports(store):
+    """docs/operations.md shows the file format: its example must be a valid import."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    example = re.search(r"```json\n(.*?)```", doc, re.S)
+    assert example is not None
+    results = import_users(parse_file(example.group(1)), store, HASHING, FakeInboxes())
+    assert [r.outcome for r in results] == [Outcome.CREATED, Outcome.CREATED]
