@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from deploy import run_state
-from deploy.run import RunSettings
+from deploy.run import load_settings
 from services.logs import configure_logging
 
 logger = logging.getLogger("messenger.import")
@@ -37,12 +36,7 @@ def main(
 ) -> None:
     """Import users from FILE into the running `make run` (accounts and their inboxes)."""
     configure_logging()
-    try:
-        settings = RunSettings()
-    except ValidationError as exc:
-        logger.error("bad MESSENGER_RUN_* setting: %s", exc.errors()[0]["msg"])
-        raise typer.Exit(2) from None
-    data_dir = settings.instance_dir(cluster)
+    data_dir = load_settings().instance_dir(cluster)
     state = run_state.read(data_dir)
     if state is None:
         logger.error(

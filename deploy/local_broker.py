@@ -195,6 +195,9 @@ class LocalNode:
 
     def exit_cause(self) -> str:
         """Why the node stopped, in a few words, from what it printed since it was started."""
+        if self._process is not None:  # its start script reports a signal as it exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
         return describe_exit(self.output_since_start())
 
     def output_since_start(self) -> str:

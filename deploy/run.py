@@ -84,6 +84,17 @@ class RunSettings(BaseSettings):
         return self.data_dir / "cluster" if cluster else self.data_dir
 
 
+def load_settings() -> RunSettings:
+    """The settings from the environment; a bad one is one log line and exit status 2."""
+    try:
+        return RunSettings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        logger.error("bad setting MESSENGER_RUN_%s: %s", where.upper(), error["msg"])
+        raise typer.Exit(2) from None
+
+
 class RunFailed(RuntimeError):
     """`make run` stopped because a part could not be kept running."""
 
@@ -331,11 +342,7 @@ def main(
 ) -> None:
     """Start Messenger on this machine: broker, auth service and relay, until Ctrl-C."""
     configure_logging()
-    try:
-        settings = RunSettings()
-    except ValidationError as exc:
-        logger.error("bad MESSENGER_RUN_* setting: %s", exc.errors()[0]["msg"])
-        raise typer.Exit(2) from None
+    settings = load_settings()
     if settings.docker and compose_available():
         logger.info("a Docker engine answers: running docker compose up")
         command, env = ["docker", "compose", "up", "--build"], dict(os.environ)

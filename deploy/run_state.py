@@ -28,14 +28,15 @@ class RunningState(BaseModel):
     auth_env: dict[str, str]  # MESSENGER_AUTH_* of the running auth service
 
     def alive(self) -> bool:
-        """Whether the `make run` that wrote this still runs (not a stale file)."""
+        """Whether the `make run` that wrote this still runs (not a stale file whose PID the
+        system has since given to another program)."""
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            command = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except FileNotFoundError:
             return False
-        except PermissionError:
-            return True
-        return True
+        except OSError:
+            return True  # cannot tell: better to refuse a second instance than to clash
+        return b"deploy.run" in command
 
 
 def path_in(data_dir: Path) -> Path:
