@@ -262,6 +262,8 @@ def test_the_broker_api_answers_the_broker_only(instance: Instance, pair: tuple[
         f"{base}/{env['MESSENGER_AUTH_BROKER_API_KEY']}/broker/user", data=login, timeout=10
     )
     assert keyed.text == "allow"
+    log = instance.log()  # both listeners answered before the node was started
+    assert log.index("Uvicorn running on") < log.index("starting RabbitMQ node")
     conf = instance.data_dir / "rabbitmq" / "rabbitmq.conf"
     assert conf.stat().st_mode & 0o077 == 0  # only the broker reads the key
     assert run_state.path_in(instance.data_dir).stat().st_mode & 0o077 == 0
