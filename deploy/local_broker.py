@@ -358,7 +358,8 @@ class LocalNode:
         )
         conf_path = d / "rabbitmq.conf"
         conf_path.write_text(base + overrides)
-        conf_path.chmod(0o600)  # the auth URL may hold the run's key to the broker API
+        if self.chown_to_rabbitmq:  # a local node; a container's broker runs as another uid
+            conf_path.chmod(0o600)  # the auth URL may hold the run's key to the broker API
         if _is_root() and self.chown_to_rabbitmq:
             _check_reachable_by_others(d)
             shutil.chown(d, "rabbitmq", "rabbitmq")
