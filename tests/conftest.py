@@ -1,4 +1,8 @@
-"""Fixtures shared by every test: the one broker of the session, and the services on it."""
+"""Fixtures shared by every test: the one broker of the session, and the services on it.
+
+Which broker: tests/integration/container_broker.py (MESSENGER_TEST_BROKER=local|container|
+auto); pytest's header says which one this run uses, and why.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.container_broker import chosen_broker
 from tests.integration.stack import (
     AuthService,
     Broker,
@@ -18,6 +23,12 @@ from tests.integration.stack import (
 )
 
 logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def pytest_report_header() -> str:
+    choice = chosen_broker()
+    what = "RabbitMQ in a container" if choice.kind == "container" else "a private local node"
+    return f"broker: {what} ({choice.reason})"
 
 
 @pytest.fixture(scope="session")
