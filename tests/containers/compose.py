@@ -30,25 +30,19 @@ class ComposeError(AssertionError):
     """A `docker compose` command failed; the message holds its output."""
 
 
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
 def compose_v2_missing() -> str | None:
     """Why `docker compose` (v2) cannot run here, or None when it can."""
     if shutil.which("docker") is None:
         return "no `docker` command"
     try:
-        version = subprocess.run(
-            ["docker", "compose", "version", "--short"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        engine = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        version = _docker("compose", "version", "--short")
+        engine = _docker("info", "--format", "{{.ServerVersion}}")
     except subprocess.TimeoutExpired:
         return "`docker` does not answer"
     if version.returncode != 0 or not version.stdout.strip().lstrip("v").startswith("2"):

@@ -31,6 +31,8 @@ fi
 
 state="$(mktemp -t messenger-engine.XXXXXX)"
 trap 'bash "$ENGINE" stop "$state"; rm -f "$state"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if ! answers; then
     t=$(date +%s)
     bash "$ENGINE" start "$state"
