@@ -105,13 +105,15 @@ import_base() {
     say "imported $BASE_REPO:$suite"
 }
 
-# docker build, quietly; on failure the build's whole output.
+# `docker build ARGS` (or any command given after --), quietly; on failure its whole output.
 build() {
     local tag="$1" started log
     shift
     started="$(now)"
     log="$(mktemp)"
-    if ! docker build "${no_cache[@]}" -t "$tag" "$@" >"$log" 2>&1; then
+    local command=(docker build "${no_cache[@]}" -t "$tag" "$@")
+    [ "${1:-}" = -- ] && command=("${@:2}")
+    if ! "${command[@]}" >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"
         die "building $tag failed"
@@ -148,11 +150,22 @@ main() {
     cp "$IMAGES/python.Dockerfile" "$context/Dockerfile"
     cp /etc/ssl/certs/ca-certificates.crt "$context/host-ca-certificates.crt" 2>/dev/null ||
         : >"$context/host-ca-certificates.crt"
-    build "$PYTHON_IMAGE" --build-arg "BASE_IMAGE=$BASE_REPO:bookworm" "$context"
+    # The broker's image beside the Python base and ours (which needs that base).
     build "$RABBITMQ_IMAGE" --build-arg "BASE_IMAGE=$BASE_REPO:trixie" \
-        -f "$IMAGES/rabbitmq.Dockerfile" "$IMAGES"
-    build "$MESSENGER_IMAGE" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
-        -f "$REPO/deploy/Dockerfile" "$REPO"
+        -f "$IMAGES/rabbitmq.Dockerfile" "$IMAGES" &
+    local rabbitmq=$!
+    build "$PYTHON_IMAGE" --build-arg "BASE_IMAGE=$BASE_REPO:bookworm" "$context"
+    if docker compose version >/dev/null 2>&1; then
+        # Through compose, as `docker compose up --build` builds it: the same builder, so
+        # that build finds every layer cached (the classic builder keeps a cache of its own).
+        build "$MESSENGER_IMAGE" -- env MESSENGER_PYTHON_IMAGE="$PYTHON_IMAGE" \
+            MESSENGER_IMAGE="$MESSENGER_IMAGE" docker compose --project-directory "$REPO" \
+            -f "$REPO/compose.yaml" build "${no_cache[@]}" auth
+    else
+        build "$MESSENGER_IMAGE" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
+            -f "$REPO/deploy/Dockerfile" "$REPO"
+    fi
+    wait "$rabbitmq" || die "building $RABBITMQ_IMAGE failed"
 
     cat >"$IMAGES/local.env" <<ENV
 # Written by deploy/images/build-local.sh: compose.yaml's images, built on this machine.
