@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test test-local test-containers images bench lint venv clean
+.PHONY: run test test-local test-containers images bench lint venv clean web
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ venv: $(STAMP)
 
 ## make run [CLUSTER=1]: broker, auth service and relay on this machine; Ctrl-C stops all
 run: $(STAMP)
+	$(BIN)/python -m web.bundle ensure
 	$(BIN)/python -m deploy.run $(if $(CLUSTER),--cluster)
+
+## make web: rebuild the web client (web/dist, committed) after changing web/src or protocol/
+web: $(STAMP)
+	$(BIN)/python -m web.bundle build
 
 ## make test [START_DOCKER=1]: the private-node suite (unit + integration on RabbitMQ 3.10),
 ## then the container suites (integration on RabbitMQ 4 in a container, compose end to end)
@@ -50,4 +55,4 @@ lint: $(STAMP)
 	$(BIN)/mypy .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info web/node_modules

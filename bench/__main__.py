@@ -20,11 +20,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import accounts, backlog, ceiling, direct, online, paced
+from bench import accounts, backlog, ceiling, direct, online, paced, page
 from bench.context import Context
 from bench.plot import write_png
 from bench.report import ScenarioResult, markdown_table, render_table, write_json
 from bench.stack import running_stack
+from broker.pika_io import coalesce_pika_writes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, Scenario] = {
     "backlog": backlog.run,
     "online": online.run,
     "accounts": accounts.run,
+    "page": page.run,
 }
 
 
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    coalesce_pika_writes()  # as the relay's and the CLI's entry points do
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -4,8 +4,8 @@ The clock starts at the login (POST /v1/sessions, argon2 included) and stops whe
 message is stored in the client's history (clients/library/history.py, the CLI's own store)
 and acked, as `messenger inbox` does it (a batch per I/O turn, one commit per batch). Two
 baselines from the same run: the broker's own drain of an equal backlog with plain pika (no
-storing), and the history store alone one commit per message (`History.store_received`, no
-broker).
+storing), and the history store alone one commit per message (`store_received_many` of one
+message each, no broker).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ TARGET_PER_S = 7_000.0
 
 
 def _history_alone(count: int) -> float:
-    """Messages per second `History.store_received` takes in, without any broker."""
+    """Messages per second the history takes in one at a time, without any broker."""
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         history = History(Path(tmp) / "h" / "history.sqlite3", owner="bob")
         now = datetime.now(UTC)
@@ -49,7 +49,7 @@ def _history_alone(count: int) -> float:
         ]
         start = time.perf_counter()
         for message in messages:
-            history.store_received(message)
+            history.store_received_many([message])
         elapsed = time.perf_counter() - start
         history.close()
     return count / elapsed

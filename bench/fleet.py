@@ -78,9 +78,11 @@ def stamp_of(text: str) -> int:
 
 
 def _open(meta_json: str, account: Account) -> Any:
+    from broker.pika_io import coalesce_pika_writes
     from clients.library.messaging import MessengerConnection
     from protocol.accounts import Meta
 
+    coalesce_pika_writes()  # as the CLI's entry point does
     return MessengerConnection.open(
         Meta.model_validate_json(meta_json), account.username, account.token
     )

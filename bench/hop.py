@@ -27,6 +27,8 @@ import pika.channel
 import pika.frame
 import pika.spec
 
+from broker.params import connection_parameters
+
 BODY_BYTES = 200
 _PAD = b"x" * (BODY_BYTES - 8)
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
@@ -43,11 +45,11 @@ class Endpoint:
     password: str
 
     def params(self) -> pika.ConnectionParameters:
-        return pika.ConnectionParameters(
-            host=self.host,
-            port=self.port,
-            virtual_host=self.vhost,
-            credentials=pika.PlainCredentials(self.username, self.password),
+        return connection_parameters(
+            (self.host, self.port),
+            vhost=self.vhost,
+            username=self.username,
+            password=self.password,
             connection_attempts=3,
             retry_delay=0.5,
         )

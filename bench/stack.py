@@ -26,6 +26,7 @@ import httpx
 import pika
 import psutil
 
+from broker.params import connection_parameters
 from deploy.local_broker import LocalNode, free_port, service_passwords
 from deploy.processes import ServiceProcess
 from protocol.topology import VHOST
@@ -71,11 +72,11 @@ class BenchStack:
         return f"http://127.0.0.1:{self.public_port}"
 
     def params(self, username: str, password: str) -> pika.ConnectionParameters:
-        return pika.ConnectionParameters(
-            host=self.node.host,
-            port=self.node.amqp_port,
-            virtual_host=VHOST,
-            credentials=pika.PlainCredentials(username, password),
+        return connection_parameters(
+            (self.node.host, self.node.amqp_port),
+            vhost=VHOST,
+            username=username,
+            password=password,
             connection_attempts=3,
             retry_delay=0.5,
             socket_timeout=10,
@@ -119,6 +120,7 @@ class BenchStack:
             "MESSENGER_AUTH_AMQP_PORT": str(self.node.amqp_port),
             "MESSENGER_AUTH_AMQP_PASSWORD": self.node.service_passwords["auth"],
             "MESSENGER_AUTH_PUBLIC_AMQP_URL": self.node.public_amqp_url,
+            "MESSENGER_AUTH_WEB_STOMP_URLS": self.node.web_stomp_url,
             "MESSENGER_AUTH_LOG_LEVEL": "WARNING",
             # A benchmark logs in far more often than a person: keep the limiter out of it.
             "MESSENGER_AUTH_LOGIN_FAILURES_PER_ADDRESS": "1000000",

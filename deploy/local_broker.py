@@ -26,13 +26,13 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
 import pika.exceptions
 
+from broker.params import connection_parameters
 from protocol.topology import VHOST
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class LocalNode:
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="messenger-rmq-")))
     amqp_port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
+    web_stomp_port: int = field(default_factory=free_port)  # STOMP over WebSocket, for browsers
     name: str = field(default_factory=lambda: f"messenger-{secrets.token_hex(4)}@localhost")
     host: str = "127.0.0.1"
     extra_config: str = ""
@@ -182,13 +183,8 @@ class LocalNode:
         return f"amqp://{self.host}:{self.amqp_port}"
 
     def connection_parameters(self, username: str, password: str) -> pika.ConnectionParameters:
-        return pika.ConnectionParameters(
-            host=self.host,
-            port=self.amqp_port,
-            virtual_host=VHOST,
-            credentials=pika.PlainCredentials(username, password),
-            connection_attempts=1,
-            socket_timeout=5,
+        return connection_parameters(
+            (self.host, self.amqp_port), vhost=VHOST, username=username, password=password
         )
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
@@ -274,6 +270,7 @@ class LocalNode:
                 "",
                 "# --- written by deploy/local_broker.py for this node (later keys win) ---",
                 f"listeners.tcp.default = {self._listener()}",
+                *self._web_stomp_listener(),
                 f"definitions.local.path = {self._path_seen_by_broker(defs_path)}",
                 f"auth_cache.cache_ttl = {self.auth_cache_ttl_ms}",
                 *(
@@ -294,6 +291,14 @@ class LocalNode:
 
     def _listener(self) -> str:
         return f"{self.host}:{self.amqp_port}"
+
+    def _web_stomp_listener(self) -> list[str]:
+        return [f"web_stomp.tcp.ip = {self.host}", f"web_stomp.tcp.port = {self.web_stomp_port}"]
+
+    @property
+    def web_stomp_url(self) -> str:
+        """The Web STOMP endpoint; the auth service's public listener proxies `/ws` to it."""
+        return f"ws://{self.host}:{self.web_stomp_port}/ws"
 
     def _path_seen_by_broker(self, path: Path) -> Path:
         return path
@@ -353,17 +358,6 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.1)
     return True
-
-
-@contextlib.contextmanager
-def running_node(**kwargs: object) -> Iterator[LocalNode]:
-    """A started node, removed with its data directory at the end, however the block ends."""
-    node = LocalNode(**kwargs)  # type: ignore[arg-type]
-    try:
-        node.start()
-        yield node
-    finally:
-        node.remove()
 
 
 def service_passwords() -> dict[str, str]:

@@ -40,6 +40,7 @@ CLUSTER_COMPOSE_ENV = {
     "MESSENGER_INBOX_QUEUE_TYPE": "quorum",
     "MESSENGER_BROKER_NODES": "broker:5672,broker-2:5672,broker-3:5672",
     "MESSENGER_PUBLIC_AMQP_URLS": "amqp://127.0.0.1:5672,amqp://127.0.0.1:5673,amqp://127.0.0.1:5674",
+    "MESSENGER_WEB_STOMP_URLS": "ws://broker:15674/ws,ws://broker-2:15674/ws,ws://broker-3:15674/ws",
 }
 
 
@@ -148,6 +149,7 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
                 "MESSENGER_AUTH_PUBLIC_AMQP_URL": node.public_amqp_url,
                 "MESSENGER_AUTH_PUBLIC_AMQP_URLS": ",".join(n.public_amqp_url for n in nodes),
                 "MESSENGER_AUTH_INBOX_QUEUE_TYPE": inbox_queue_type,
+                "MESSENGER_AUTH_WEB_STOMP_URLS": ",".join(n.web_stomp_url for n in nodes),
             },
         )
         auth.start()
@@ -165,7 +167,7 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
             relay.start()
             services.append(relay)
         logger.info(
-            "Messenger is up: API %s, broker %s, data in %s. Ctrl-C stops everything.",
+            "Messenger is up: web and API %s/, broker %s, data in %s. Ctrl-C stops everything.",
             public_url,
             ", ".join(n.public_amqp_url for n in nodes),
             settings.data_dir,

@@ -7,11 +7,11 @@ one's messages.
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from protocol.accounts import check_username
+from protocol.accounts import Username
 from protocol.wire import WireModel
 
 MAX_BODY_BYTES = 64 * 1024
@@ -38,6 +38,9 @@ def check_text(value: str) -> str:
     return stripped
 
 
+Text = Annotated[str, AfterValidator(check_text)]
+
+
 def encode(model: BaseModel) -> bytes:
     """The wire form of a body: compact UTF-8 JSON, aliases (`from`) applied."""
     return model.model_dump_json(by_alias=True).encode()
@@ -46,18 +49,8 @@ def encode(model: BaseModel) -> bytes:
 class SendRequest(WireModel):
     """What a client publishes to the outbox. The sender is the broker-checked `user_id`."""
 
-    to: str
-    text: str
-
-    @field_validator("to")
-    @classmethod
-    def _legal_recipient(cls, value: str) -> str:
-        return check_username(value)
-
-    @field_validator("text")
-    @classmethod
-    def _legal_text(cls, value: str) -> str:
-        return check_text(value)
+    to: Username
+    text: Text
 
 
 RejectReason = Literal["unknown_recipient", "invalid", "inbox_full"]
@@ -94,13 +87,8 @@ class ReceiptRequest(WireModel):
     """A recipient's receipt, published to the outbox; the relay routes it to the sender."""
 
     message_id: str = Field(min_length=1, max_length=128)
-    to: str
+    to: Username
     status: ReceiptStatus
-
-    @field_validator("to")
-    @classmethod
-    def _legal_recipient(cls, value: str) -> str:
-        return check_username(value)
 
 
 class ReceiptNotice(WireModel):

@@ -12,17 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from broker.pika_io import coalesce_pika_writes
 from tests.integration.container_broker import chosen_broker
 from tests.integration.stack import (
     AuthService,
     Broker,
-    ServiceProcess,
+    RelayProcess,
     start_auth,
     start_broker,
     start_relay,
 )
 
 logging.getLogger("pika").setLevel(logging.CRITICAL)
+# What every entry point does (the relay, the CLI, the benchmarks): tests use pika as they do.
+coalesce_pika_writes()
 
 
 def pytest_report_header() -> str:
@@ -54,8 +57,8 @@ def auth(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
 @pytest.fixture(scope="session")
 def relay(
     broker: Broker, auth: AuthService, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """One relay for tests that only need messages to flow."""
+) -> Iterator[RelayProcess]:
+    """One relay for tests that only need messages to flow, consuming when it is handed out."""
     process = start_relay(broker, tmp_path_factory.mktemp("relay"))
     try:
         yield process

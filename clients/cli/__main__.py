@@ -2,11 +2,13 @@
 
 import sys
 
+from broker.pika_io import coalesce_pika_writes
 from clients.cli.app import build_app
 from clients.cli.edge import run
 
 
 def main() -> None:
+    coalesce_pika_writes()
     sys.exit(run(build_app(), sys.argv[1:]))
 
 

@@ -1,8 +1,10 @@
 """`messenger chat USERNAME`: a conversation in the terminal.
 
 Three threads, each owning what it touches: the prompt (prompt_toolkit, main thread), the
-inbox consumer (its own broker connection; stores, shows, receipts, acks) and the sender
-(its own broker connection; sends what the prompt hands it, one at a time, in order).
+inbox consumer (its own broker connection, with the library's InboxConsumer and a Sender for
+receipts; stores, shows, receipts, acks) and the sender (its own broker connection and
+Sender; sends what the prompt hands it, one at a time, in order). Reconnecting is the
+library's: the consumer keeps at it for as long as the chat runs, and says so on screen.
 `patch_stdout` makes whatever the other two print appear above the line being typed, which
 prompt_toolkit then redraws intact. (prompt_toolkit is imported only when a chat starts: the
 other commands start faster without it.)
@@ -31,17 +33,16 @@ from clients.cli.sending import (
     record_sent,
     validated,
 )
+from clients.library.connection import FOREVER, Connection
+from clients.library.consumer import InboxConsumer
 from clients.library.errors import (
-    BrokerUnreachable,
     InvalidInput,
     MessageRejected,
     MessengerError,
     NotConfirmed,
-    ServerError,
-    ServerUnreachable,
 )
 from clients.library.history import History, StoredMessage
-from clients.library.messaging import MessengerConnection
+from clients.library.sender import Sender
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 BACKLOG = 20
-RECONNECT_FIRST_DELAY = 1.0
-RECONNECT_MAX_DELAY = 10.0
 QUIT_COMMANDS = {"/quit", "/exit", "/q"}
 HEADER_HINT = "Enter sends · /quit or Ctrl-D leaves"
 HELP_LINE = f"{HEADER_HINT} · ✓ sent: the server accepted it · ✓✓ delivered to their device"
@@ -90,14 +89,13 @@ class ChatScreen:
         self.line(error_line(message, hint, prefix="✗"))
 
 
-class Sender(threading.Thread):
+class ChatSender(threading.Thread):
     """Sends what the prompt queues, in order, on a connection no other thread touches."""
 
-    def __init__(
-        self, connection: MessengerConnection, history: History, screen: ChatScreen
-    ) -> None:
+    def __init__(self, connection: Connection, history: History, screen: ChatScreen) -> None:
         super().__init__(name="chat-sender", daemon=True)
         self._connection = connection
+        self._sender = Sender(connection)
         self._history = history
         self._screen = screen
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -120,7 +118,7 @@ class Sender(threading.Thread):
         peer = self._screen.peer
         try:
             to, text = validated(peer, raw)
-            answer = self._connection.send(to, text, timeout=ANSWER_TIMEOUT)
+            answer = self._sender.send(to, text, timeout=ANSWER_TIMEOUT)
         except MessageRejected as exc:
             error = explain_rejection(exc, peer, self._screen.names)
             self._screen.problem(str(error), error.hint)
@@ -133,71 +131,61 @@ class Sender(threading.Thread):
             self._screen.message(record_sent(self._history, to, text, answer))
 
 
-class Consumer(threading.Thread):
-    """Consumes the inbox; reconnects when the broker goes away, ends on a refusal."""
+class ChatConsumer(threading.Thread):
+    """Consumes the inbox until stopped, through outages; ends on a refusal."""
 
     def __init__(
         self,
-        connection: MessengerConnection,
-        reconnect: Callable[[], MessengerConnection],
+        inbox: InboxConsumer,
+        receipts: Sender,
+        close: Callable[[], None],
         history: History,
         screen: ChatScreen,
         on_failure: Callable[[MessengerError], None],
     ) -> None:
         super().__init__(name="chat-consumer", daemon=True)
-        self._connection: MessengerConnection | None = connection
-        self._reconnect = reconnect
+        self._inbox = inbox
+        self._close = close
         self._screen = screen
         self._on_failure = on_failure
-        self._stopping = threading.Event()
         self._receiver = Receiver(
             history,
             show=screen.message,
-            send_receipt=self._send_receipt,
+            send_receipt=lambda message_id, sender: receipts.send_receipt(message_id, sender),
             on_delivered=screen.delivered,
         )
 
+    @classmethod
+    def on(
+        cls,
+        connection: Connection,
+        history: History,
+        screen: ChatScreen,
+        on_failure: Callable[[MessengerError], None],
+    ) -> ChatConsumer:
+        inbox = InboxConsumer(connection)
+        receipts = Sender(connection, interrupt=inbox.stopping)
+        return cls(inbox, receipts, connection.close, history, screen, on_failure)
+
     def stop(self) -> None:
-        self._stopping.set()
-        connection = self._connection
-        if connection is not None:
-            connection.stop()
+        self._inbox.stop()
 
     def run(self) -> None:
-        delay = RECONNECT_FIRST_DELAY
         try:
-            while not self._stopping.is_set():
-                try:
-                    if self._connection is None:
-                        self._connection = self._reconnect()
-                        self._screen.line(self._screen.paint("reconnected", "dim"))
-                        delay = RECONNECT_FIRST_DELAY
-                    if self._stopping.is_set():
-                        break
-                    self._connection.consume_batches(
-                        self._receiver.on_messages, self._receiver.on_receipt
-                    )
-                except (BrokerUnreachable, ServerUnreachable, ServerError) as exc:
-                    self._drop_connection()
-                    if self._stopping.is_set():
-                        break
-                    self._screen.problem(f"{exc}", f"reconnecting in {delay:g} s")
-                    self._stopping.wait(delay)
-                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
-                except MessengerError as exc:
-                    self._on_failure(exc)
-                    break
+            self._inbox.run(
+                self._receiver.on_messages,
+                self._receiver.on_receipt,
+                give_up_after=FOREVER,
+                on_lost=self._lost,
+                on_back=lambda: self._screen.line(self._screen.paint("reconnected", "dim")),
+            )
+        except MessengerError as exc:
+            self._on_failure(exc)
         finally:
-            self._drop_connection()
+            self._close()
 
-    def _send_receipt(self, message_id: str, sender: str) -> None:
-        assert self._connection is not None  # called from inside consume()
-        self._connection.send_receipt(message_id, sender)
-
-    def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+    def _lost(self, error: MessengerError) -> None:
+        self._screen.problem(f"{error}", "reconnecting")
 
 
 class ChatPrompt:
@@ -262,17 +250,15 @@ def chat(
             screen.message(message)
         title = f"── Chat with {person(peer, user.display_name)} · {HEADER_HINT} ──"
         screen.line(paint(title, "dim"))
-        receiving = cli.connect(session, meta)
+        receiving = cli.broker(session, meta)
         try:
-            sending = cli.connect(session, meta)
+            sending = cli.broker(session, meta)
         except BaseException:
             receiving.close()
             raise
         # From here on each thread closes its own connection when it ends.
-        consumer = Consumer(
-            receiving, lambda: cli.connect(session), history, screen, on_failure=prompt.end
-        )
-        sender = Sender(sending, history, screen)
+        consumer = ChatConsumer.on(receiving, history, screen, on_failure=prompt.end)
+        sender = ChatSender(sending, history, screen)
         with patch_stdout(raw=True):
             consumer.start()
             sender.start()
@@ -286,7 +272,7 @@ def chat(
             raise prompt.failure
 
 
-def _converse(prompt: ChatPrompt, sender: Sender, screen: ChatScreen) -> None:
+def _converse(prompt: ChatPrompt, sender: ChatSender, screen: ChatScreen) -> None:
     while (line := prompt.read()) is not None:
         command = line.strip()
         if command in QUIT_COMMANDS:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import typer
 
 from clients.library.accounts import AccountsClient
+from clients.library.connection import Connection
 from clients.library.errors import (
     AuthenticationFailed,
-    BrokerRefused,
+    LoginRefused,
     MessengerError,
     NotFound,
     ServerError,
@@ -76,14 +77,17 @@ class Cli:
 
     def connect(self, session: StoredSession, meta: Meta | None = None) -> MessengerConnection:
         """A broker connection as the session's user; a refused login points at `login`."""
+        return MessengerConnection(self.broker(session, meta))
+
+    def broker(self, session: StoredSession, meta: Meta | None = None) -> Connection:
+        """The bare connection, for whoever composes the library's parts (chat)."""
         try:
-            return MessengerConnection.open(meta or self.meta(), session.username, session.token)
-        except BrokerRefused as exc:
-            if "refused the login" in str(exc):
-                exc.hint = (
-                    "your session may have expired or been revoked; log in again with"
-                    f" `messenger login {session.username}`"
-                )
+            return Connection.open(meta or self.meta(), session.username, session.token)
+        except LoginRefused as exc:
+            exc.hint = (
+                "your session may have expired or been revoked; log in again with"
+                f" `messenger login {session.username}`"
+            )
             raise
 
     def meta(self) -> Meta:

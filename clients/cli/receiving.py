@@ -62,9 +62,6 @@ class Receiver:
         self._checkpoint = checkpoint
         self.shown = 0
 
-    def on_message(self, message: DeliveredMessage) -> None:
-        self.on_messages([message])
-
     def on_messages(self, messages: list[DeliveredMessage]) -> None:
         """One delivery batch: stored in one transaction, then shown, then receipted."""
         stored = self._history.store_received_many(messages)

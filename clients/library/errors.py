@@ -60,6 +60,10 @@ class BrokerRefused(MessengerError):
     """The broker refused a login or an operation (ACCESS_REFUSED and the like)."""
 
 
+class LoginRefused(BrokerRefused):
+    """The broker refused the login itself: a wrong secret, or a session that expired."""
+
+
 class MessageRejected(MessengerError):
     """The relay answered `rejected`: unknown recipient, invalid message, full inbox."""
 

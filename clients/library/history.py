@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,17 +82,18 @@ def _utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
-def _now() -> str:
-    return _utc_text(datetime.now(UTC))
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class History:
     """One user's history database; safe to share between the threads of one process."""
 
-    def __init__(self, path: Path, owner: str) -> None:
+    def __init__(self, path: Path, owner: str, clock: Callable[[], datetime] = _utc_now) -> None:
         private_dir(path.parent)
         self.path = path
         self.owner = owner
+        self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -107,6 +108,9 @@ class History:
         with self._lock:
             self._db.close()
 
+    def _now(self) -> str:
+        return _utc_text(self._clock())
+
     def __enter__(self) -> History:
         return self
 
@@ -115,32 +119,13 @@ class History:
 
     # -- messages ----------------------------------------------------------------------------
 
-    def store_received(self, message: DeliveredMessage) -> StoredMessage:
-        """Store `message` unless it is there already; return the stored row either way."""
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO messages"
-                " (id, client_id, sender, recipient, text, sent_at, status, shown, stored_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'received', 0, ?)",
-                (
-                    message.id,
-                    message.client_id,
-                    message.sender,
-                    message.to,
-                    message.text,
-                    _utc_text(message.sent_at),
-                    _now(),
-                ),
-            )
-            row = self._db.execute("SELECT * FROM messages WHERE id = ?", (message.id,)).fetchone()
-        return _row(row)
-
     def store_received_many(self, messages: Sequence[DeliveredMessage]) -> list[StoredMessage]:
-        """`store_received` for each, in one transaction (one commit, one fsync); the stored
-        rows in the order of `messages` (a message given twice: its row twice)."""
+        """Store each message unless it is there already, in one transaction (one commit,
+        one fsync); the stored rows in the order of `messages` (a message given twice: its
+        row twice)."""
         if not messages:
             return []
-        stored_at = _now()
+        stored_at = self._now()
         rows: dict[str, sqlite3.Row] = {}
         with self._lock, self._db:
             self._db.executemany(
@@ -162,9 +147,6 @@ class History:
                 ):
                     rows[row["id"]] = row
         return [_row(rows[m.id]) for m in messages]
-
-    def mark_shown(self, message_id: str) -> None:
-        self.mark_shown_many([message_id])
 
     def mark_shown_many(self, message_ids: Sequence[str]) -> None:
         """Record that these were put in front of the person: one transaction."""
@@ -196,7 +178,16 @@ class History:
                 "INSERT OR IGNORE INTO messages"
                 " (id, client_id, sender, recipient, text, sent_at, status, shown, stored_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                (message_id, client_id, self.owner, to, text, _utc_text(sent_at), status, _now()),
+                (
+                    message_id,
+                    client_id,
+                    self.owner,
+                    to,
+                    text,
+                    _utc_text(sent_at),
+                    status,
+                    self._now(),
+                ),
             )
             row = self._db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
         return _row(row)
@@ -267,7 +258,7 @@ class History:
         if row is None:
             return None
         fetched_at = datetime.fromisoformat(row["fetched_at"])
-        if datetime.now(UTC) - fetched_at > max_age:
+        if self._clock() - fetched_at > max_age:
             return None
         return str(row["display_name"])
 
@@ -285,7 +276,7 @@ class History:
                 "INSERT INTO display_names (username, display_name, fetched_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (username) DO UPDATE SET"
                 " display_name = excluded.display_name, fetched_at = excluded.fetched_at",
-                (username, display_name, _now()),
+                (username, display_name, self._now()),
             )
 
 

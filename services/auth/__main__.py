@@ -29,6 +29,7 @@ from services.auth.ratelimit import LoginLimiter
 from services.auth.settings import AuthSettings
 from services.auth.store import Store
 from services.auth.validation import describe_errors
+from services.auth.web import add_web_client
 from services.logs import configure_logging
 
 logger = logging.getLogger("services.auth")
@@ -84,6 +85,7 @@ def serve() -> None:
         vhost=settings.vhost,
     )
     public = create_public_app(accounts, meta, settings.max_body_bytes)
+    add_web_client(public, settings.web_dir, settings.web_stomp_urls)
     broker = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
     servers = [
         _Server(_config(public, settings.public_host, settings.public_port)),

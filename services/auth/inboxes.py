@@ -49,23 +49,15 @@ class BrokerInboxes:
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> BrokerInboxes:
-        credentials = pika.PlainCredentials(
-            settings.amqp_user, settings.amqp_password.get_secret_value()
-        )
         parameters = [
-            pika.ConnectionParameters(
-                host=host,
-                port=port,
-                virtual_host=settings.vhost,
-                credentials=credentials,
-                connection_attempts=1,
-                socket_timeout=5,
-                stack_timeout=10,
-                blocked_connection_timeout=10,
+            settings.connection_parameters(
+                node,
+                name="messenger-auth",
                 heartbeat=30,
-                client_properties={"connection_name": "messenger-auth"},
+                blocked_connection_timeout=10,
+                stack_timeout=10,
             )
-            for host, port in settings.broker_nodes()
+            for node in settings.broker_nodes()
         ]
         return cls(parameters, settings.inbox_queue_type)
 

@@ -2,20 +2,29 @@
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from protocol.nodes import parse_amqp_url, parse_nodes
-from protocol.topology import VHOST
+from broker.nodes import parse_amqp_url
+from broker.settings import BrokerSettings
 
 
 def _default_db_path() -> Path:
     return platformdirs.user_data_path("messenger-auth") / "users.sqlite3"
 
 
-class AuthSettings(BaseSettings):
+def _default_web_dir() -> Path:
+    """The committed front-end build of a source checkout (the image sets its own)."""
+    return Path(__file__).resolve().parents[2] / "web" / "dist"
+
+
+class AuthSettings(BrokerSettings):
+    """The broker fields (AMQP_HOST, AMQP_PORT, AMQP_NODES, VHOST, AMQP_USER, AMQP_PASSWORD:
+    how this service reaches the broker to declare inboxes) come from BrokerSettings."""
+
     model_config = SettingsConfigDict(env_prefix="MESSENGER_AUTH_")
 
     db_path: Path = Field(default_factory=_default_db_path)
@@ -26,22 +35,23 @@ class AuthSettings(BaseSettings):
     broker_api_host: str = "127.0.0.1"
     broker_api_port: int = 8081
 
-    # How this service reaches the broker (as the `auth` service account) to declare inboxes.
-    amqp_host: str = "127.0.0.1"
-    amqp_port: int = 5672
-    # The nodes of a cluster, `host:port,host:port,...`, tried in turn; empty: the one above.
-    amqp_nodes: Annotated[list[tuple[str, int]], NoDecode] = []
-    vhost: str = VHOST
     amqp_user: str = "auth"
-    amqp_password: SecretStr
     inbox_queue_type: Literal["classic", "quorum"] = "classic"
 
     # What GET /v1/meta tells clients: where they reach the broker themselves.
     public_amqp_url: str = "amqp://127.0.0.1:5672"
     # Every node's URL, comma-separated (`amqp_urls` in GET /v1/meta); empty: the one above.
-    public_amqp_urls: Annotated[list[str], NoDecode] = []
+    public_amqp_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     token_ttl_seconds: int = 7 * 24 * 3600
+
+    # The web client on the public listener (services/auth/web.py): the built page, and the
+    # broker's Web STOMP listener(s) `/ws` is proxied to, tried in turn (each node of a
+    # cluster), comma-separated.
+    web_dir: Path | None = Field(default_factory=_default_web_dir)
+    web_stomp_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ws://127.0.0.1:15674/ws"]
+    )
 
     # Failed logins (API and broker) allowed per window, per username and per client address.
     login_failures_per_user: int = 10
@@ -64,11 +74,6 @@ class AuthSettings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("amqp_nodes", mode="before")
-    @classmethod
-    def _split_nodes(cls, value: object) -> object:
-        return parse_nodes(value) if isinstance(value, str) else value
-
     @field_validator("public_amqp_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
@@ -79,9 +84,16 @@ class AuthSettings(BaseSettings):
                 parse_amqp_url(str(url))
         return value
 
-    def broker_nodes(self) -> list[tuple[str, int]]:
-        """Where this service connects, in order of preference."""
-        return list(self.amqp_nodes) or [(self.amqp_host, self.amqp_port)]
+    @field_validator("web_stomp_urls", mode="before")
+    @classmethod
+    def _split_ws_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        if isinstance(value, list):
+            for url in value:
+                if urlsplit(str(url)).scheme not in ("ws", "wss"):
+                    raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
+        return value
 
     def client_amqp_urls(self) -> list[str]:
         """What GET /v1/meta announces: every node's public URL, in order."""

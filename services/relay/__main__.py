@@ -1,4 +1,4 @@
-"""`messenger-relay`: settings -> worker -> run until SIGTERM/SIGINT."""
+"""`messenger-relay`: settings -> relay -> run until SIGTERM/SIGINT."""
 
 import logging
 import signal
@@ -7,9 +7,10 @@ from types import FrameType
 import typer
 from pydantic import ValidationError
 
+from broker.pika_io import coalesce_pika_writes
 from services.logs import configure_logging
+from services.relay.lifecycle import Relay
 from services.relay.settings import RelaySettings
-from services.relay.worker import RelayWorker
 
 logger = logging.getLogger("services.relay")
 
@@ -39,16 +40,17 @@ def _run() -> int:
         logger.error("invalid relay settings: %s", problems)
         return 2
     configure_logging(settings.log_level)
-    worker = RelayWorker(settings)
+    coalesce_pika_writes()
+    relay = Relay(settings)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s", signal.Signals(signum).name)
-        worker.request_stop()
+        relay.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logger.info("messenger-relay starting")
-    return worker.run()
+    return relay.run()
 
 
 def main() -> None:

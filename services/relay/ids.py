@@ -10,12 +10,10 @@ import time
 import uuid
 from collections.abc import Callable
 
-from protocol.ids import RANDOM_BITS as _RANDOM_BITS
-from protocol.ids import stable_id
+from protocol.ids import RANDOM_BITS
 
-__all__ = ["IdGenerator", "stable_id"]
 # Start each millisecond in the lower half, leaving room to count up without overflowing.
-_START_BITS = _RANDOM_BITS - 1
+_START_BITS = RANDOM_BITS - 1
 
 
 def _now_ms() -> int:
@@ -35,7 +33,7 @@ class IdGenerator:
         if ms <= self._last_ms:  # same millisecond, or the clock stepped back: keep counting
             ms = self._last_ms
             random = self._last_random + 1
-            if random >> _RANDOM_BITS:  # 2**73 ids in one millisecond: move to the next
+            if random >> RANDOM_BITS:  # 2**73 ids in one millisecond: move to the next
                 ms, random = ms + 1, secrets.randbits(_START_BITS)
         else:
             random = secrets.randbits(_START_BITS)

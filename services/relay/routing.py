@@ -3,6 +3,9 @@
 `route()` turns an `Incoming` (the body and the AMQP properties that matter) into one of
 three outcomes, and `answer_for()` turns the broker's verdict on an inbox publish into the
 answer the sender gets. The worker (worker.py) only decodes, calls these, publishes, acks.
+Checks that come before routing (a sender's rate) or after it (more than one publish per
+message: copies to a sender's other devices, an archive) belong beside these, as pure
+functions the worker calls.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from broker.reply_to import answerable
 from protocol.accounts import is_valid_username
 from protocol.ids import stable_id
 from protocol.messages import (
@@ -28,7 +32,6 @@ from protocol.messages import (
 )
 from protocol.topology import (
     CONTENT_TYPE,
-    REPLY_TO,
     TYPE_MESSAGE,
     TYPE_RECEIPT,
     TYPE_RECEIPT_NOTICE,
@@ -104,70 +107,13 @@ Outcome = Deliver | Reply | DeadLetter
 
 
 class Verdict(enum.Enum):
-    """What the broker said about an inbox publish (after `judge_refusal` for a refusal)."""
+    """What the broker said about an inbox publish (after inbox_checks.judge_refusal for a
+    refusal)."""
 
     CONFIRMED = "confirmed"  # basic.ack, not returned: in the recipient's inbox
     RETURNED = "returned"  # basic.return: no inbox bound for that name, no such user
     NACKED = "nacked"  # basic.nack: the inbox's length limit rejected it
     UNAVAILABLE = "unavailable"  # the inbox exists but cannot take it now: hold, retry
-
-
-class InboxState(enum.Enum):
-    """What a passive declare of the recipient's inbox says, after a return or a nack."""
-
-    PRESENT = "present"  # declare-ok: the queue exists and its node answers
-    MISSING = "missing"  # 404 "no queue": nobody of that name signed up
-    UNAVAILABLE = "unavailable"  # 404 "home node ... down or inaccessible", or no answer
-
-
-@dataclass(frozen=True)
-class InboxCheck:
-    state: InboxState
-    message_count: int = 0
-
-
-def check_from_declare_ok(message_count: int) -> InboxCheck:
-    return InboxCheck(InboxState.PRESENT, message_count)
-
-
-def check_from_close(reply_code: int | None, reply_text: str) -> InboxCheck:
-    """The passive declare closed its channel: 404 names a missing queue, unless the queue
-    exists on a node that is down (RabbitMQ: "home node 'x' of durable queue 'y' in vhost
-    'z' is down or inaccessible"). Anything else (timeout, lost connection) is unavailable."""
-    if reply_code == 404 and "down or inaccessible" not in reply_text:
-        return InboxCheck(InboxState.MISSING)
-    return InboxCheck(InboxState.UNAVAILABLE)
-
-
-def judge_refusal(verdict: Verdict, check: InboxCheck) -> Verdict:
-    """What a returned or nacked inbox publish means, given the state of the inbox.
-
-    On one node a return means "no such user" and a nack "inbox full". On a cluster both
-    also happen while the inbox's node is down: a classic inbox on a dead node is unroutable
-    (returned), an inbox that cannot reach its node or a quorum majority nacks. Telling the
-    sender `unknown_recipient` or `inbox_full` then would be wrong, and the message would
-    be dropped. So a refusal is checked against a passive declare of the inbox:
-
-    - the queue does not exist -> RETURNED (unknown recipient), whatever the broker said;
-    - its node is down or the check got no answer -> UNAVAILABLE: the relay holds the
-      outbox message (unacked, so it is never lost) and publishes it again later;
-    - it exists and answers: a nack with messages waiting -> NACKED (full). A nack on an
-      empty queue cannot be the length limit (a quorum queue without a leader reports 0),
-      and a return from a queue that answers now means its node just came back: both are
-      UNAVAILABLE, retried.
-    """
-    if check.state is InboxState.MISSING:
-        return Verdict.RETURNED
-    if check.state is InboxState.UNAVAILABLE:
-        return Verdict.UNAVAILABLE
-    if verdict is Verdict.NACKED and check.message_count > 0:
-        return Verdict.NACKED
-    return Verdict.UNAVAILABLE
-
-
-def retry_delay(attempt: int, maximum: float, first: float = 0.5) -> float:
-    """Seconds before publishing a held message again: 0.5, 1, 2 ... capped (attempt >= 1)."""
-    return float(min(maximum, first * 2.0 ** max(0, attempt - 1)))
 
 
 def route(incoming: Incoming, *, now: datetime, new_id: str) -> Outcome:
@@ -310,12 +256,7 @@ def _server_id(
 
 
 def _reply_to(incoming: Incoming) -> str | None:
-    """Only a direct reply-to is answered: any other name would let a sender make the relay
-    write into a queue of its choosing through the default exchange."""
-    reply_to = incoming.reply_to
-    if reply_to and reply_to.startswith(REPLY_TO + ".") and len(reply_to) < 512:
-        return reply_to
-    return None
+    return incoming.reply_to if answerable(incoming.reply_to) else None
 
 
 def _answer(incoming: Incoming, status: str, *, reason: RejectReason, detail: str) -> Answer | None:

@@ -1,25 +1,20 @@
 """The relay's settings, all from MESSENGER_RELAY_* environment variables."""
 
-from typing import Annotated
+from pathlib import Path
 
-from pydantic import SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from protocol.nodes import parse_nodes
-from protocol.topology import VHOST
+from broker.settings import BrokerSettings
 
 
-class RelaySettings(BaseSettings):
+class RelaySettings(BrokerSettings):
+    """The broker fields (AMQP_HOST, AMQP_PORT, AMQP_NODES, VHOST, AMQP_USER, AMQP_PASSWORD)
+    come from BrokerSettings; with several nodes the relay uses one at a time and moves to
+    the next when it goes."""
+
     model_config = SettingsConfigDict(env_prefix="MESSENGER_RELAY_")
 
-    amqp_host: str = "127.0.0.1"
-    amqp_port: int = 5672
-    # The nodes of a cluster, `host:port,host:port,...`: the relay uses one at a time and
-    # moves to the next when it goes. Empty: amqp_host:amqp_port alone.
-    amqp_nodes: Annotated[list[tuple[str, int]], NoDecode] = []
-    vhost: str = VHOST
     amqp_user: str = "relay"
-    amqp_password: SecretStr
 
     # Unacked outbox messages per shard consumer: the window of inbox publishes awaiting
     # confirms. Large enough to keep the broker busy, small enough to bound redelivery.
@@ -30,13 +25,9 @@ class RelaySettings(BaseSettings):
     retry_max_delay_seconds: float = 5.0
     shutdown_grace_seconds: float = 10.0
 
+    # Where the relay keeps a JSON status (state, counters; status.py) up to date, for
+    # readiness checks and monitoring; unset: nowhere. Rewritten at most this often.
+    status_file: Path | None = None
+    status_interval_seconds: float = 1.0
+
     log_level: str = "INFO"
-
-    @field_validator("amqp_nodes", mode="before")
-    @classmethod
-    def _split_nodes(cls, value: object) -> object:
-        return parse_nodes(value) if isinstance(value, str) else value
-
-    def broker_nodes(self) -> list[tuple[str, int]]:
-        """Where the relay connects, in order of preference."""
-        return list(self.amqp_nodes) or [(self.amqp_host, self.amqp_port)]

@@ -153,6 +153,7 @@ class ContainerNode(LocalNode):
             )
         container.with_kwargs(extra_hosts={"host.docker.internal": "host-gateway"})
         container.with_bind_ports(5672, self.amqp_port)
+        container.with_bind_ports(15674, self.web_stomp_port)
         try:
             container.start()
         except BaseException:
@@ -195,6 +196,9 @@ class ContainerNode(LocalNode):
 
     def _listener(self) -> str:
         return "5672"
+
+    def _web_stomp_listener(self) -> list[str]:
+        return ["web_stomp.tcp.port = 15674"]
 
     def _path_seen_by_broker(self, path: Path) -> Path:
         return CONFIG_IN_CONTAINER / path.name

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ import pika.exceptions
 from deploy.local_broker import LocalNode, free_port, service_passwords
 from deploy.processes import ServiceProcess
 from protocol.topology import INBOX_EXCHANGE, VHOST
+from services.relay.status import Counters, RelayStatus
 from tests.integration.container_broker import ContainerNode, chosen_broker
 
 T = TypeVar("T")
@@ -172,6 +174,7 @@ def auth_env(broker: Broker, db_path: Path, public_port: int, **overrides: str) 
         "MESSENGER_AUTH_AMQP_PORT": str(broker.amqp_port),
         "MESSENGER_AUTH_AMQP_PASSWORD": broker.service_passwords["auth"],
         "MESSENGER_AUTH_PUBLIC_AMQP_URL": broker.public_amqp_url,
+        "MESSENGER_AUTH_WEB_STOMP_URLS": broker.node.web_stomp_url,
         # Cheap hashes keep the suite fast; the production cost is measured by `make bench`.
         "MESSENGER_AUTH_ARGON2_TIME_COST": "1",
         "MESSENGER_AUTH_ARGON2_MEMORY_KIB": "8192",
@@ -233,15 +236,77 @@ def relay_env(broker: Broker, **overrides: str) -> dict[str, str]:
     return env
 
 
-def start_relay(
-    broker: Broker, workdir: Path | None = None, **env_overrides: str
-) -> ServiceProcess:
+@dataclass
+class RelayProcess(ServiceProcess):
+    """A relay that keeps a status file (services/relay/status.py): where it stands, and
+    its counters, read from there rather than from its log."""
+
+    status_path: Path = field(default_factory=Path)
+
+    def start(self) -> None:
+        self.status_path.unlink(missing_ok=True)  # a restart must not read the last run's
+        super().start()
+
+    def status(self) -> RelayStatus | None:
+        return RelayStatus.read(self.status_path)
+
+    @property
+    def counters(self) -> Counters:
+        status = self.status()
+        return status.counters if status is not None else Counters()
+
+    def fresh_counters(self, timeout: float = 15) -> Counters:
+        """The counters of a status written after this call: nothing handled before it is
+        missing (the file is rewritten every second while the relay consumes)."""
+        asked = datetime.now(UTC)
+
+        def fresh() -> RelayStatus | None:
+            status = self.status()
+            return status if status is not None and status.updated_at > asked else None
+
+        status = eventually(fresh, timeout=timeout)
+        assert status is not None
+        return status.counters
+
+    def wait_consuming(self, sessions: int = 1, timeout: float = 30) -> RelayStatus:
+        """Until the relay consumes every outbox shard, for the `sessions`th time since it
+        started (each reconnect is one more)."""
+
+        def consuming() -> RelayStatus | None:
+            assert self.alive, f"the relay exited:\n{self.log()}"
+            status = self.status()
+            if status is None or status.lifecycle.state != "consuming":
+                return None
+            return status if status.lifecycle.consuming_sessions == sessions else None
+
+        status = eventually(consuming, timeout=timeout, interval=0.05)
+        assert status is not None
+        return status
+
+
+def start_relay(broker: Broker, workdir: Path | None = None, **env_overrides: str) -> RelayProcess:
+    """A relay process, returned once it consumes the outbox."""
+    relay = launch_relay(broker, workdir, **env_overrides)
+    try:
+        relay.wait_consuming()
+    except BaseException:  # not consuming in time: do not leave it running behind the run
+        relay.stop()
+        raise
+    return relay
+
+
+def launch_relay(broker: Broker, workdir: Path | None = None, **env_overrides: str) -> RelayProcess:
+    """A relay process, returned at once (the broker may not even be up)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="messenger-relay-"))
-    relay = ServiceProcess(
+    name = f"relay-{uuid.uuid4().hex[:8]}"
+    status_path = workdir / f"{name}.status.json"
+    env = {"MESSENGER_RELAY_STATUS_FILE": str(status_path), **env_overrides}
+    relay = RelayProcess(
         module="services.relay",
         args=[],
-        env=relay_env(broker, **env_overrides),
-        log_path=workdir / f"relay-{uuid.uuid4().hex[:8]}.log",
+        env=relay_env(broker, **env),
+        log_path=workdir / f"{name}.log",
+        status_path=status_path,
     )
     relay.start()
     return relay
@@ -315,4 +380,4 @@ def deliver_as_relay(node: LocalNode, username: str, *bodies: bytes) -> None:
         close_quietly(connection)
 
 
-__all__ = ["VHOST", "AuthService", "Broker", "ServiceProcess", "User"]
+__all__ = ["VHOST", "AuthService", "Broker", "RelayProcess", "ServiceProcess", "User"]

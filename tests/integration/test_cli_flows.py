@@ -16,7 +16,7 @@ import pytest
 from clients.cli.edge import FAILED
 from protocol.topology import VHOST, inbox_queue
 from tests.integration.cli_driver import COMMAND, Person
-from tests.integration.stack import AuthService, Broker, ServiceProcess, eventually
+from tests.integration.stack import AuthService, Broker, RelayProcess, eventually
 
 pytestmark = pytest.mark.usefixtures("relay")
 
@@ -182,7 +182,7 @@ def test_error_paths_print_one_line_and_the_documented_code(
         broker.node.ctl("clear_policy", "-p", VHOST, policy)
 
 
-def test_a_silent_relay_means_queued_not_lost(alice: Person, bob: Person, relay: ServiceProcess):
+def test_a_silent_relay_means_queued_not_lost(alice: Person, bob: Person, relay: RelayProcess):
     assert relay.process is not None
     relay.signal(signal.SIGSTOP)  # the relay holds its connection but answers nothing
     try:

@@ -35,7 +35,7 @@ from tests.integration.messaging_helpers import (
 )
 from tests.integration.stack import (
     AuthService,
-    ServiceProcess,
+    RelayProcess,
     User,
     cluster_auth_env,
     cluster_relay_env,
@@ -77,7 +77,7 @@ def failover_auth(
     return auth_on(cluster, workdir, queue_type, **env)
 
 
-def failover_relay(cluster: LocalCluster, workdir: Path) -> ServiceProcess:
+def failover_relay(cluster: LocalCluster, workdir: Path) -> RelayProcess:
     env = {**cluster_relay_env(cluster.nodes), **FAST_RELAY}
     return start_relay(first_node_broker(cluster), workdir, **env)
 
@@ -86,7 +86,7 @@ def test_messages_keep_flowing_when_a_node_is_killed_and_each_arrives_once(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     auth = failover_auth(cluster, tmp_path, "quorum")
-    relays: list[ServiceProcess] = []
+    relays: list[RelayProcess] = []
     readers: list[InboxReader] = []
     try:
         for _ in range(2):

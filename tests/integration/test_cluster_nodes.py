@@ -19,7 +19,7 @@ import pika.exceptions
 import pytest
 
 from deploy.local_broker import free_port, service_passwords
-from deploy.local_cluster import ClusterNode, LocalCluster
+from deploy.local_cluster import ClusterNode, LocalCluster, running_cluster
 from protocol.topology import OUTBOX_QUEUES, inbox_queue
 from tests.integration.stack import (
     TEST_AUTH_CACHE_TTL_MS,
@@ -45,16 +45,12 @@ def running_test_cluster() -> Iterator[LocalCluster]:
     Its data lives in a fresh directory under /tmp: pytest's tmp dirs are closed to the
     `rabbitmq` user the nodes run as.
     """
-    cluster = LocalCluster(
+    with running_cluster(
         auth_url=f"http://127.0.0.1:{free_port()}",
         service_passwords=service_passwords(),
         auth_cache_ttl_ms=TEST_AUTH_CACHE_TTL_MS,
-    )
-    try:
-        cluster.start()
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.remove()
 
 
 @pytest.fixture(scope="module")

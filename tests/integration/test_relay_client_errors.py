@@ -9,7 +9,7 @@ from clients.library.messaging import MessengerConnection
 from tests.integration.messaging_helpers import InboxReader, connect, meta_of, read_inbox
 from tests.integration.stack import (
     AuthService,
-    ServiceProcess,
+    RelayProcess,
     eventually,
     signup_and_login,
 )
@@ -23,7 +23,7 @@ def test_a_wrong_secret_is_refused_readably(auth: AuthService):
     assert "not-the-token" not in str(refused.value)
 
 
-def test_a_password_opens_a_connection_too(auth: AuthService, relay: ServiceProcess):
+def test_a_password_opens_a_connection_too(auth: AuthService, relay: RelayProcess):
     alice = signup_and_login(auth)
     with MessengerConnection.open(meta_of(auth), alice.username, alice.password) as connection:
         assert connection.send(alice.username, "note to self", timeout=15).status == "accepted"
@@ -31,7 +31,7 @@ def test_a_password_opens_a_connection_too(auth: AuthService, relay: ServiceProc
 
 
 def test_a_silent_relay_is_not_confirmed_but_the_message_is_kept(
-    auth: AuthService, relay: ServiceProcess
+    auth: AuthService, relay: RelayProcess
 ):
     """No relay running: the broker still confirms the publish, so the client hears
     NotConfirmed (not an error about the broker), and delivery follows once a relay runs."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pika
 
@@ -13,26 +12,19 @@ from tests.integration.messaging_helpers import connect, read_inbox
 from tests.integration.stack import (
     AuthService,
     Broker,
-    ServiceProcess,
+    RelayProcess,
     close_quietly,
     eventually,
     signup_and_login,
 )
 
-COUNT = re.compile(r"\((\d+) dead-lettered so far\)")
-
-
-def dead_lettered_so_far(relay: ServiceProcess) -> int:
-    counts = [int(n) for n in COUNT.findall(relay.log())]
-    return max(counts, default=0)
-
 
 def test_unreadable_messages_are_dead_lettered_and_counted(
-    auth: AuthService, broker: Broker, relay: ServiceProcess
+    auth: AuthService, broker: Broker, relay: RelayProcess
 ):
     alice, bob = signup_and_login(auth), signup_and_login(auth)
     dead_before = broker.queue_depths().get(DEAD_LETTER_QUEUE, 0)
-    counted_before = dead_lettered_so_far(relay)
+    counted_before = relay.fresh_counters().dead_lettered
 
     def props(**overrides: object) -> pika.BasicProperties:
         fields: dict[str, object] = {
@@ -62,7 +54,7 @@ def test_unreadable_messages_are_dead_lettered_and_counted(
     finally:
         close_quietly(connection)
 
-    eventually(lambda: dead_lettered_so_far(relay) == counted_before + 4)
+    eventually(lambda: relay.counters.dead_lettered == counted_before + 4)
     eventually(lambda: broker.queue_depths().get(DEAD_LETTER_QUEUE, 0) == dead_before + 4)
     assert relay.alive
 

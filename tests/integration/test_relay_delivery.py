@@ -13,7 +13,7 @@ from tests.integration.messaging_helpers import InboxReader, connect, read_inbox
 from tests.integration.stack import (
     AuthService,
     Broker,
-    ServiceProcess,
+    RelayProcess,
     eventually,
     signup_and_login,
 )
@@ -137,7 +137,7 @@ def test_delivery_receipt_reaches_the_original_sender(auth: AuthService):
     assert reader.received == []
 
 
-def test_sender_cannot_pose_as_someone_else(auth: AuthService, relay: ServiceProcess):
+def test_sender_cannot_pose_as_someone_else(auth: AuthService, relay: RelayProcess):
     """The relay names the sender from the broker-checked user_id, never from the body."""
     alice, bob = signup_and_login(auth), signup_and_login(auth)
     with connect(auth, alice) as sender:

@@ -8,7 +8,6 @@ kill them. Users are signed up before anything is broken.
 from __future__ import annotations
 
 import logging
-import re
 import subprocess
 import sys
 import time
@@ -30,9 +29,10 @@ from tests.integration.messaging_helpers import (
 from tests.integration.stack import (
     AuthService,
     Broker,
-    ServiceProcess,
+    RelayProcess,
     User,
     eventually,
+    launch_relay,
     signup_and_login,
     start_auth,
     start_broker,
@@ -50,16 +50,15 @@ class Stack:
     auth: AuthService
     workdir: Path
     users: list[User]
-    relays: list[ServiceProcess]
+    relays: list[RelayProcess]
 
     def user(self) -> User:
         return self.users.pop()
 
-    def relay(self) -> ServiceProcess:
+    def relay(self) -> RelayProcess:
+        """A relay that consumes the outbox (its status file says so)."""
         process = start_relay(self.broker, self.workdir, **FAST_RELAY)
         self.relays.append(process)
-        eventually(lambda: "consuming relay.outbox" in process.log() or not process.alive, 30)
-        assert process.alive, process.log()
         return process
 
 
@@ -68,7 +67,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("reliability")
     broker = start_broker()
     auth: AuthService | None = None
-    relays: list[ServiceProcess] = []
+    relays: list[RelayProcess] = []
     try:
         auth = start_auth(broker, workdir)
         users = [signup_and_login(auth) for _ in range(16)]
@@ -90,9 +89,11 @@ def _no_relay_left_over(stack: Stack) -> Iterator[None]:
     stack.relays.clear()
 
 
-def relayed_total(relay: ServiceProcess) -> int:
-    found = re.findall(r"relay stopped \(relayed (\d+)", relay.log())
-    return int(found[-1]) if found else 0
+def relayed_total(relay: RelayProcess) -> int:
+    """What a stopped relay relayed, from its last status."""
+    status = relay.status()
+    assert status is not None and status.lifecycle.state == "stopped", relay.log()
+    return status.counters.relayed
 
 
 def test_relay_killed_mid_stream_loses_nothing_and_duplicates_share_an_id(
@@ -161,8 +162,10 @@ def test_relay_stopped_with_sigterm_finishes_what_is_in_flight(stack: Stack):
         eventually(lambda: len(reader.unique_texts()) == total, timeout=60)
         eventually(lambda: stack.broker.queue_depths()[inbox_queue(bob.username)] == 0)
     assert {a.status for a in answers} == {"accepted"}
-    assert "finishing" in first.log()
-    assert "unconfirmed" not in first.log()
+    stopped = first.status()
+    assert stopped is not None and stopped.lifecycle.stop is not None
+    assert stopped.lifecycle.stop.graceful  # stopped consuming, finished what was in flight
+    assert stopped.lifecycle.stop.unconfirmed == 0  # nothing left for the broker to redeliver
     assert len(reader.received) == total, "a message in flight at SIGTERM was relayed twice"
     assert [m.text for m in reader.received] == [f"t{i}" for i in range(total)]
 
@@ -260,16 +263,21 @@ def test_broker_restart_keeps_offline_inbox_and_outbox(stack: Stack):
 def test_relay_started_before_the_broker_and_broker_restarted_under_it(stack: Stack):
     alice, bob = stack.user(), stack.user()
     stack.broker.kill()
-    relay = start_relay(stack.broker, stack.workdir, **FAST_RELAY)
+    relay = launch_relay(stack.broker, stack.workdir, **FAST_RELAY)
     stack.relays.append(relay)
-    eventually(lambda: "cannot reach the broker" in relay.log(), timeout=30)
+
+    def unreachable() -> bool:
+        status = relay.status()
+        return status is not None and status.lifecycle.unreachable > 0
+
+    eventually(unreachable, timeout=30)  # it tried, found no broker, and keeps trying
     stack.broker.start()
-    eventually(lambda: "consuming relay.outbox" in relay.log(), timeout=30)
+    relay.wait_consuming()
 
     with connect(stack.auth, alice) as sender:
         before = sender.send_many([(bob.username, f"before {i}") for i in range(100)])
     stack.broker.restart()  # under the running relay
-    eventually(lambda: relay.log().count("consuming relay.outbox") == 2, timeout=30)
+    relay.wait_consuming(sessions=2)
     with connect(stack.auth, alice) as sender:
         after = sender.send_many([(bob.username, f"after {i}") for i in range(100)])
 
@@ -277,6 +285,7 @@ def test_relay_started_before_the_broker_and_broker_restarted_under_it(stack: St
     texts = {m.text for m in read_inbox(stack.auth, bob)}
     assert texts == {f"before {i}" for i in range(100)} | {f"after {i}" for i in range(100)}
     assert relay.alive
-    assert relay.log().count("reconnecting to the broker in") >= 2
+    status = relay.status()
+    assert status is not None and status.lifecycle.reconnects >= 2
     assert relay.stop() == 0
     logger.info("relay log:\n%s", relay.log())

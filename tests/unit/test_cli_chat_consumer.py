@@ -1,4 +1,4 @@
-"""The chat's inbox consumer: survives a broker outage, stops on a refusal."""
+"""The chat's inbox consumer: keeps going through a broker outage, stops on a refusal."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from typing import cast
 
 import pytest
 
-from clients.cli.chat import ChatScreen, Consumer
+from clients.cli.chat import ChatConsumer, ChatScreen
 from clients.cli.output import Painter
+from clients.library.connection import FOREVER
+from clients.library.consumer import InboxConsumer
 from clients.library.errors import BrokerRefused, BrokerUnreachable, MessengerError
 from clients.library.history import History
-from clients.library.messaging import MessengerConnection
+from clients.library.sender import Sender
 from protocol.messages import DeliveredMessage
 
 
@@ -30,37 +32,61 @@ def message(text: str) -> DeliveredMessage:
     return DeliveredMessage.model_validate_json(json.dumps(body))
 
 
-class FakeConnection:
-    """Delivers `messages`, then raises `then` or waits for stop()."""
+class FakeInbox:
+    """Stands in for the library's InboxConsumer: hands over `batches`, with the broker lost
+    and back between two of them, then raises `then` or waits for stop()."""
 
-    def __init__(self, messages: list[DeliveredMessage], then: MessengerError | None = None):
-        self.messages = messages
+    def __init__(
+        self, batches: list[list[DeliveredMessage]], then: MessengerError | None = None
+    ) -> None:
+        self.batches = batches
         self.then = then
-        self.receipts: list[tuple[str, str]] = []
         self.stopped = threading.Event()
-        self.closed = False
+        self.give_up_after: float | None = None
 
-    def consume_batches(
-        self, on_messages: Callable[[list[DeliveredMessage]], None], on_receipt=None
+    def run(
+        self,
+        on_messages: Callable[[list[DeliveredMessage]], None],
+        on_receipt=None,
+        *,
+        give_up_after: float,
+        on_lost: Callable[[MessengerError], None],
+        on_back: Callable[[], None],
     ) -> int:
-        on_messages(list(self.messages))
+        self.give_up_after = give_up_after
+        for index, batch in enumerate(self.batches):
+            if index:
+                on_lost(BrokerUnreachable("lost the broker"))
+                on_back()
+            on_messages(batch)
         if self.then is not None:
             raise self.then
         self.stopped.wait(10)
-        return len(self.messages)
-
-    def send_receipt(self, message_id: str, to: str) -> None:
-        self.receipts.append((message_id, to))
+        return sum(len(batch) for batch in self.batches)
 
     def stop(self) -> None:
         self.stopped.set()
 
-    def close(self) -> None:
-        self.closed = True
+
+class FakeReceipts:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def send_receipt(self, message_id: str, to: str) -> None:
+        self.sent.append((message_id, to))
 
 
-def as_connection(fake: FakeConnection) -> MessengerConnection:
-    return cast(MessengerConnection, fake)
+def chat_consumer(
+    inbox: FakeInbox, receipts: FakeReceipts, closed: list[bool], history, screen, failures
+):
+    return ChatConsumer(
+        cast(InboxConsumer, inbox),
+        cast(Sender, receipts),
+        lambda: closed.append(True),
+        history,
+        screen,
+        failures.append,
+    )
 
 
 class Screen(ChatScreen):
@@ -78,43 +104,39 @@ def history(tmp_path: Path):
         yield db
 
 
-def test_the_consumer_reconnects_after_the_broker_went_away(history, monkeypatch):
-    monkeypatch.setattr("clients.cli.chat.RECONNECT_FIRST_DELAY", 0.01)
-    first = FakeConnection([message("one")], then=BrokerUnreachable("lost the broker"))
-    second = FakeConnection([message("two")])
+def test_the_consumer_keeps_going_through_a_broker_outage(history):
+    inbox = FakeInbox([[message("one")], [message("two")]])
+    receipts, closed = FakeReceipts(), list[bool]()
     failures: list[MessengerError] = []
     screen = Screen()
-    consumer = Consumer(
-        as_connection(first), lambda: as_connection(second), history, screen, failures.append
-    )
+    consumer = chat_consumer(inbox, receipts, closed, history, screen, failures)
     consumer.start()
     try:
         deadline = threading.Event()
         for _ in range(200):
-            if second.receipts:
+            if len(receipts.sent) == 2:
                 break
             deadline.wait(0.01)
     finally:
         consumer.stop()
         consumer.join(5)
     assert not consumer.is_alive() and failures == []
-    assert first.closed and second.closed
+    assert inbox.give_up_after == FOREVER  # reconnects for as long as the chat runs
+    assert closed == [True]
     assert [m.text for m in history.conversation("bob")] == ["one", "two"]
     assert any("lost the broker" in line and "reconnecting" in line for line in screen.lines)
     assert "reconnected" in screen.lines
-    assert first.receipts == [("id-one", "bob")] and second.receipts == [("id-two", "bob")]
+    assert receipts.sent == [("id-one", "bob"), ("id-two", "bob")]
 
 
 def test_the_consumer_gives_up_when_the_broker_refuses(history):
     refused = BrokerRefused("the broker refused the login of 'alice'")
     failures: list[MessengerError] = []
-    consumer = Consumer(
-        as_connection(FakeConnection([], then=refused)),
-        lambda: pytest.fail("no retry"),
-        history,
-        Screen(),
-        failures.append,
+    closed: list[bool] = []
+    consumer = chat_consumer(
+        FakeInbox([], then=refused), FakeReceipts(), closed, history, Screen(), failures
     )
     consumer.start()
     consumer.join(5)
-    assert failures == [refused]
+    assert not consumer.is_alive()
+    assert failures == [refused] and closed == [True]

@@ -38,23 +38,23 @@ def history(tmp_path: Path):
 
 
 def test_a_redelivered_message_is_stored_once(history: History):
-    first = history.store_received(delivered("m1"))
-    again = history.store_received(delivered("m1"))
+    [first] = history.store_received_many([delivered("m1")])
+    [again] = history.store_received_many([delivered("m1")])
     assert first == again
     assert [m.id for m in history.conversation("bob")] == ["m1"]
 
 
 def test_shown_is_remembered_across_redeliveries(history: History):
-    history.store_received(delivered("m1"))
-    history.mark_shown("m1")
-    assert history.store_received(delivered("m1")).shown
+    history.store_received_many([delivered("m1")])
+    history.mark_shown_many(["m1"])
+    assert history.store_received_many([delivered("m1")])[0].shown
 
 
 def test_the_conversation_is_both_directions_oldest_first(history: History):
-    history.store_received(delivered("m2", at=T0 + timedelta(seconds=2)))
+    history.store_received_many([delivered("m2", at=T0 + timedelta(seconds=2))])
     history.store_sent("m1", to="bob", text="hello", sent_at=T0 + timedelta(seconds=1))
-    history.store_received(delivered("m3", sender="carol", at=T0 + timedelta(seconds=3)))
-    history.store_received(delivered("m0", at=T0 - timedelta(hours=1)))
+    history.store_received_many([delivered("m3", sender="carol", at=T0 + timedelta(seconds=3))])
+    history.store_received_many([delivered("m0", at=T0 - timedelta(hours=1))])
     assert [m.id for m in history.conversation("bob")] == ["m0", "m1", "m2"]
     assert [m.id for m in history.conversation("bob", limit=2)] == ["m1", "m2"]
     assert history.peers() == ["carol", "bob"]
@@ -73,13 +73,13 @@ def test_a_receipt_that_overtakes_the_send_record_is_kept(history: History):
 
 
 def test_a_receipt_never_changes_a_received_message(history: History):
-    history.store_received(delivered("m1"))
+    history.store_received_many([delivered("m1")])
     assert history.mark_delivered("m1") is None
     assert history.conversation("bob")[0].status == "received"
 
 
 def test_json_has_the_pinned_keys(history: History):
-    stored = history.store_received(delivered("m1", text="héllo"))
+    [stored] = history.store_received_many([delivered("m1", text="héllo")])
     payload = stored.to_json()
     assert {"id", "from", "to", "text", "sent_at"} <= payload.keys()
     assert payload["from"] == "bob" and payload["text"] == "héllo"
@@ -100,8 +100,8 @@ def test_the_database_is_private(history: History):
 
 
 def test_a_batch_is_stored_in_one_go_once_per_id_and_in_order(history: History):
-    history.store_received(delivered("m2"))
-    history.mark_shown("m2")
+    history.store_received_many([delivered("m2")])
+    history.mark_shown_many(["m2"])
     rows = history.store_received_many([delivered("m1"), delivered("m2"), delivered("m1")])
     assert [(r.id, r.shown) for r in rows] == [("m1", False), ("m2", True), ("m1", False)]
     assert [m.id for m in history.conversation("bob")] == ["m1", "m2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,9 @@ def test_an_unknown_user_has_no_name_but_others_are_still_asked(tmp_path, histor
 def test_once_the_server_is_away_it_is_not_asked_again(tmp_path, history, monkeypatch):
     away = ServerUnreachable("cannot reach the server")
     names, calls = names_with(tmp_path, history, monkeypatch, {"bob": away, "carol": away})
-    history.remember_display_name("carol", "Carol")
-    with history._db:  # make the cached name a year old
-        history._db.execute("UPDATE display_names SET fetched_at = '2025-01-01T00:00:00+00:00'")
+    a_year_ago = datetime.now(UTC) - timedelta(days=365)
+    with History(history.path, history.owner, clock=lambda: a_year_ago) as then:
+        then.remember_display_name("carol", "Carol")  # cached a year ago
     assert history.cached_display_name("carol") is None
     assert names("bob") is None
     assert names("carol") == "Carol"  # the stale name, better than nothing; no second call

@@ -73,7 +73,7 @@ def test_a_message_is_stored_before_it_is_shown_and_receipted(history: History):
     recorder = Recorder()
     seen_in_history: list[bool] = []
     recorder.show = lambda stored: seen_in_history.append(history.get(stored.id) is not None)  # type: ignore[method-assign]
-    receiver_for(history, recorder).on_message(message("m1"))
+    receiver_for(history, recorder).on_messages([message("m1")])
     assert seen_in_history == [True]
     assert recorder.events == [
         ("checkpoint", "stored"),
@@ -85,8 +85,8 @@ def test_a_message_is_stored_before_it_is_shown_and_receipted(history: History):
 def test_a_redelivered_message_is_shown_once(history: History):
     recorder = Recorder()
     receiver = receiver_for(history, recorder)
-    receiver.on_message(message("m1"))
-    receiver.on_message(message("m1"))
+    receiver.on_messages([message("m1")])
+    receiver.on_messages([message("m1")])
     assert [s.id for s in recorder.shown] == ["m1"]
     assert receiver.shown == 1
     assert len(history.conversation("bob")) == 1
@@ -104,9 +104,9 @@ def test_a_message_stored_but_never_shown_is_shown_on_redelivery(history: Histor
         history, show=lambda s: None, send_receipt=lambda i, s: None, checkpoint=die_after_store
     )
     with pytest.raises(Died):
-        first.on_message(message("m1"))
+        first.on_messages([message("m1")])
     recorder = Recorder()
-    receiver_for(history, recorder).on_message(message("m1"))
+    receiver_for(history, recorder).on_messages([message("m1")])
     assert [s.id for s in recorder.shown] == ["m1"]
 
 
@@ -125,8 +125,8 @@ def test_a_receipt_marks_the_sent_message_delivered(history: History):
 
 
 def test_a_batch_is_stored_then_shown_then_receipted_each_once(history: History):
-    history.store_received(message("m0"))
-    history.mark_shown("m0")  # shown before a crash: not again
+    history.store_received_many([message("m0")])
+    history.mark_shown_many(["m0"])  # shown before a crash: not again
     recorder = Recorder()
     receiver = receiver_for(history, recorder)
     receiver.on_messages([message("m0"), message("m1"), message("m2"), message("m1")])

@@ -2,7 +2,8 @@
 
 import uuid
 
-from services.relay.ids import IdGenerator, stable_id
+from protocol.ids import stable_id
+from services.relay.ids import IdGenerator
 
 
 def test_ids_are_uuid7_and_strictly_increasing_within_one_millisecond():

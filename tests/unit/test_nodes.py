@@ -3,8 +3,8 @@
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from broker.nodes import NodeRotation, parse_amqp_url, parse_nodes
 from protocol.accounts import Meta
-from protocol.nodes import NodeRotation, parse_amqp_url, parse_nodes
 from services.auth.settings import AuthSettings
 from services.relay.settings import RelaySettings
 

@@ -1,26 +1,28 @@
-"""The relay's pure decisions: route() and answer_for()."""
+"""The relay's pure decisions: route(), answer_for() and the judgement of a refusal."""
 
 import json
 from datetime import UTC, datetime
 
 import pytest
 
+from broker.backoff import backoff_delay
 from protocol.ids import stable_id
 from protocol.messages import MAX_BODY_BYTES, DeliveredMessage, ReceiptNotice
 from protocol.topology import TYPE_MESSAGE, TYPE_RECEIPT, TYPE_RECEIPT_NOTICE, TYPE_SEND
+from services.relay.inbox_checks import (
+    InboxCheck,
+    InboxState,
+    check_from_close,
+    check_from_declare_ok,
+    judge_refusal,
+)
 from services.relay.routing import (
     DeadLetter,
     Deliver,
-    InboxCheck,
-    InboxState,
     Incoming,
     Reply,
     Verdict,
     answer_for,
-    check_from_close,
-    check_from_declare_ok,
-    judge_refusal,
-    retry_delay,
     route,
 )
 
@@ -217,4 +219,4 @@ def test_a_held_message_gets_no_answer_yet():
 
 
 def test_retry_delays_double_up_to_the_cap():
-    assert [retry_delay(n, maximum=3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [backoff_delay(n, maximum=3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]

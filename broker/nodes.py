@@ -3,7 +3,8 @@
 Services name the nodes of a cluster as `host:port,host:port,...` (MESSENGER_*_AMQP_NODES);
 clients get `amqp://host:port` URLs from `GET /v1/meta`. Both connect to one node and, when
 it goes, to the next one: `NodeRotation` says which node to try and how long to wait first
-(no wait until every node has failed in a row, then a capped doubling delay).
+(no wait until every node has failed in a row, then the capped doubling delay of
+backoff.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
+
+from broker.backoff import Backoff
 
 T = TypeVar("T")
 
@@ -71,23 +74,6 @@ def _port(item: str, text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ValueError(f"broker node {item!r}: port must be a number from 1 to 65535")
     return int(text)
-
-
-class Backoff:
-    """Capped exponential delays: 0.5, 1, 2, 4 ... up to `maximum`; `reset()` once healthy."""
-
-    def __init__(self, maximum: float, first: float = 0.5) -> None:
-        self.maximum = maximum
-        self.first = first
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay: float = min(self.maximum, self.first * 2.0**self.attempt)
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class NodeRotation(Generic[T]):
