@@ -867,3 +867,18 @@ def test_make_run_cluster_points_services_and_clients_at_every_node(
     text = "\n".join(p.read_text() for p in DEPLOYMENT_DOCS if p.exists())
     for name in ("MESSENGER_BROKER_NODES", "MESSENGER_PUBLIC_AMQP_URLS"):
         assert f"{name}={CLUSTER_COMPOSE_ENV[name]}" in text, f"docs: {name}"
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """A package left out of the build stage is missing from the image: its services then
+    fail at import (the `broker` package of the module split was, once)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    copied = {
+        args.split()[0].rstrip("/")
+        for instr, args in dockerfile_instructions()
+        if instr == "COPY" and not args.startswith("--")
+    }
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
