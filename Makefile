@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test test-local test-containers images bench lint venv clean web
+.PHONY: run import test test-local test-containers images bench lint venv clean web
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: $(STAMP)
 ## make web: rebuild the web client (web/dist, committed) after changing web/src or protocol/
 web: $(STAMP)
 	$(BIN)/python -m web.bundle build
+
+## make import FILE=users.json [CLUSTER=1]: import users into the running `make run`
+import: $(STAMP)
+	$(if $(FILE),,$(error give the file: make import FILE=users.json))
+	$(BIN)/python -m deploy.import_users $(FILE) $(if $(CLUSTER),--cluster)
 
 ## make test [START_DOCKER=1]: the private-node suite (unit + integration on RabbitMQ 3.10),
 ## then the container suites (integration on RabbitMQ 4 in a container, compose end to end)

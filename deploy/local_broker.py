@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -25,12 +26,14 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from broker.params import connection_parameters
 from protocol.topology import VHOST
@@ -63,6 +66,17 @@ def _accepts_tcp(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         return sock.connect_ex((host, port)) == 0
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a listener could bind `host:port` now (nobody else listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _is_root() -> bool:
@@ -99,13 +113,19 @@ class LocalNode:
     host: str = "127.0.0.1"
     extra_config: str = ""
     chown_to_rabbitmq: bool = True
+    # Set from another thread to abandon a start-up in progress (Ctrl-C during a restart).
+    cancel: threading.Event | None = field(default=None, repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _beam: int | None = field(default=None, init=False, repr=False)
+    _output_offset: int = field(default=0, init=False, repr=False)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
+        self._forget_previous_run()
+        self._check_port_free()
         self._write_files()
+        self._output_offset = _size(self.data_dir / "server.out")
         log = (self.data_dir / "server.out").open("ab")
         logger.info("starting RabbitMQ node %s on %s:%d", self.name, self.host, self.amqp_port)
         self._process = subprocess.Popen(
@@ -132,8 +152,8 @@ class LocalNode:
         wrapper process we spawned (`su`) can be gone while the VM still runs.
         """
         process, self._process = self._process, None
-        beam = self._beam or self.beam_pid()
-        if beam is not None and _alive(beam):
+        beam = self._live_beam()
+        if beam is not None:
             logger.info("stopping RabbitMQ node %s", self.name)
             with contextlib.suppress(BrokerError, subprocess.TimeoutExpired):
                 self.ctl("stop", timeout=30)
@@ -151,7 +171,7 @@ class LocalNode:
     def kill(self) -> None:
         """SIGKILL the Erlang VM: the crash a reliability test wants, not a shutdown."""
         process, self._process = self._process, None
-        beam = self._beam or self.beam_pid()
+        beam = self._live_beam()
         if beam is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(beam, signal.SIGKILL)
@@ -168,6 +188,28 @@ class LocalNode:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The Erlang VM's PID while the node runs."""
+        return self._beam
+
+    def exit_cause(self) -> str:
+        """Why the node stopped, in a few words, from what it printed since it was started."""
+        if self._process is not None:  # its start script reports a signal as it exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
+        return describe_exit(self.output_since_start())
+
+    def output_since_start(self) -> str:
+        """What the node printed to server.out since the last `start()`."""
+        path = self.data_dir / "server.out"
+        try:
+            with path.open("rb") as out:
+                out.seek(self._output_offset)
+                return out.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     @property
     def running(self) -> bool:
@@ -224,6 +266,35 @@ class LocalNode:
         return None
 
     # -- internals -------------------------------------------------------------------------
+
+    def _live_beam(self) -> int | None:
+        """The running VM's PID: the one seen at start-up, else the pid file's (a start-up
+        that failed half-way may have written it)."""
+        for pid in (self._beam, self.beam_pid()):
+            if pid is not None and _alive(pid) and self._is_this_node(pid):
+                return pid
+        return None
+
+    def _is_this_node(self, pid: int) -> bool:
+        """A stale pid file may name a PID the system has since given to another program."""
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except PermissionError:
+            return True  # not ours to inspect; trust the pid file
+        except OSError:
+            return False
+        return f"RABBITMQ_NODENAME={self.name}".encode() in environ
+
+    def _forget_previous_run(self) -> None:
+        """After a crash: collect the old wrapper and drop the dead VM's PID and pid file."""
+        process, self._process = self._process, None
+        if process is not None:
+            self._reap(process)
+        if self._live_beam() is not None:
+            raise BrokerError(f"RabbitMQ node {self.name} is still running")
+        self._beam = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "rabbit.pid").unlink()
 
     def _env(self) -> dict[str, str]:
         d = self.data_dir
@@ -282,12 +353,22 @@ class LocalNode:
                 "",
             ]
         )
-        (d / "rabbitmq.conf").write_text(base + overrides)
+        conf_path = d / "rabbitmq.conf"
+        conf_path.write_text(base + overrides)
+        if self.chown_to_rabbitmq:  # a local node; a container's broker runs as another uid
+            conf_path.chmod(0o600)  # the auth URL may hold the run's key to the broker API
         if _is_root() and self.chown_to_rabbitmq:
             _check_reachable_by_others(d)
             shutil.chown(d, "rabbitmq", "rabbitmq")
             for path in d.rglob("*"):
                 shutil.chown(path, "rabbitmq", "rabbitmq")
+
+    def _check_port_free(self) -> None:
+        if not port_is_free(self.host, self.amqp_port):
+            raise BrokerError(
+                f"port {self.amqp_port} on {self.host} is in use by another program; "
+                "the node needs it for AMQP"
+            )
 
     def _listener(self) -> str:
         return f"{self.host}:{self.amqp_port}"
@@ -308,16 +389,21 @@ class LocalNode:
         params = self.connection_parameters("relay", self.service_passwords["relay"])
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            if self.cancel is not None and self.cancel.is_set():
+                raise BrokerError(f"start-up of RabbitMQ node {self.name} cancelled")
             if not self.running:
-                raise BrokerError(f"RabbitMQ node exited during start-up; see {self.data_dir}/log")
+                raise BrokerError(
+                    f"RabbitMQ node {self.name} exited during start-up: {self.exit_cause()} "
+                    f"(its output: {self.data_dir / 'server.out'})"
+                )
             if not _accepts_tcp(self.host, self.amqp_port):  # spares pika's loud connect errors
                 time.sleep(0.2)
                 continue
             try:
                 pika.BlockingConnection(params).close()
                 return
-            except pika.exceptions.AMQPError as exc:  # not listening yet, or definitions not loaded
-                last_error = exc
+            except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:
+                last_error = exc  # not listening yet, or definitions not loaded yet
                 time.sleep(0.25)
         raise BrokerError(f"RabbitMQ node not ready after {timeout:.0f}s ({last_error!r})")
 
@@ -341,6 +427,50 @@ def _check_reachable_by_others(directory: Path) -> None:
                 f"the broker's data directory {directory} is under {parent}, which the "
                 "rabbitmq user cannot enter; choose one under /var/lib or /tmp"
             )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# What a node prints when it dies, and what to tell the operator. The Erlang terms are long
+# (a supervisor's whole child spec); the atom that names the cause is what matters.
+_KNOWN_CAUSES = (
+    (
+        re.compile(r'duplicate_node_name,"([^"]+)","([^"]+)"'),
+        "another node named {0}@{1} already runs on this machine (duplicate_node_name)",
+    ),
+    (
+        re.compile(r'could_not_start_listener,"?([^",]+)"?,(\d+).*?eaddrinuse'),
+        "port {1} on {0} is already in use (eaddrinuse)",
+    ),
+    (re.compile(r"(eaddrinuse)"), "a port the node needs is already in use (eaddrinuse)"),
+    (re.compile(r"(enospc)"), "no space left on the device (enospc)"),
+    (re.compile(r"(eacces)"), "permission denied (eacces) on a file or port the node needs"),
+)
+_SHELL_SIGNAL_WORDS = {"Killed": "SIGKILL", "Terminated": "SIGTERM", "Aborted": "SIGABRT"}
+_FATAL_LINE = re.compile(r"^(Kernel pid terminated|init terminating in do_boot|BOOT FAILED)")
+
+
+def describe_exit(output: str) -> str:
+    """The cause of a node's exit, read from what it printed (server.out)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    fatal = [line for line in lines if _FATAL_LINE.match(line)]
+    for pattern, message in _KNOWN_CAUSES:
+        match = pattern.search("\n".join(fatal) if fatal else output)
+        if match:
+            return message.format(*match.groups())
+    if fatal:
+        line = fatal[-1]
+        return line if len(line) <= 240 else line[:239] + "…"
+    if lines and lines[-1] in _SHELL_SIGNAL_WORDS:  # the start script's shell reports it
+        return f"killed by {_SHELL_SIGNAL_WORDS[lines[-1]]}"
+    if lines:
+        return f"it stopped; its last line: {lines[-1][:200]}"
+    return "it stopped without a word"
 
 
 def _alive(pid: int) -> bool:

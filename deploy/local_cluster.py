@@ -79,6 +79,7 @@ class LocalCluster:
     base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="messenger-rmq-")))
     name_prefix: str = field(default_factory=lambda: f"messenger-{secrets.token_hex(3)}")
     amqp_ports: Sequence[int] = ()  # empty: free ports
+    dist_ports: Sequence[int] = ()  # Erlang distribution; empty: free ports
     host: str = "127.0.0.1"
     queue_type: str = "quorum"
     nodes: list[ClusterNode] = field(init=False)
@@ -86,8 +87,9 @@ class LocalCluster:
     def __post_init__(self) -> None:
         names = [f"{self.name_prefix}-{i}@localhost" for i in range(1, CLUSTER_SIZE + 1)]
         ports = list(self.amqp_ports) or [free_port() for _ in names]
-        if len(ports) != CLUSTER_SIZE:
-            raise BrokerError(f"a cluster needs {CLUSTER_SIZE} AMQP ports, got {len(ports)}")
+        dist_ports = list(self.dist_ports) or [free_port() for _ in names]
+        if len(ports) != CLUSTER_SIZE or len(dist_ports) != CLUSTER_SIZE:
+            raise BrokerError(f"a cluster needs {CLUSTER_SIZE} AMQP and distribution ports")
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)  # the `rabbitmq` user reaches its node directories through it
         self.nodes = [
@@ -97,12 +99,15 @@ class LocalCluster:
                 auth_cache_ttl_ms=self.auth_cache_ttl_ms,
                 data_dir=self.base_dir / f"node-{i}",
                 amqp_port=port,
+                dist_port=dist_port,
                 name=name,
                 host=self.host,
                 extra_config=peer_discovery_config(names),
                 queue_type=self.queue_type,
             )
-            for i, (name, port) in enumerate(zip(names, ports, strict=True), 1)
+            for i, (name, port, dist_port) in enumerate(
+                zip(names, ports, dist_ports, strict=True), 1
+            )
         ]
         for node in self.nodes:
             node.data_dir.mkdir(exist_ok=True)

@@ -64,6 +64,22 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exit_cause(self) -> str:
+        """How the process ended, as a person would say it: exit status or signal."""
+        code = self.process.poll() if self.process is not None else None
+        if code is None:
+            return "still running" if self.process is not None else "never started"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""

@@ -7,7 +7,7 @@ narrow on purpose.
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
@@ -18,6 +18,8 @@ RESERVED_USERNAMES = frozenset({"guest", "admin", "relay", "auth", "system"})
 DISPLAY_NAME_MAX = 64
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024
+# Control, format, surrogate, private-use and unassigned code points, line/paragraph breaks.
+FORBIDDEN_IN_NAMES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def check_username(value: str) -> str:
@@ -50,7 +52,7 @@ def check_display_name(value: str) -> str:
     if not 1 <= len(value) <= DISPLAY_NAME_MAX:
         raise ValueError(f"display name must be 1 to {DISPLAY_NAME_MAX} characters long")
     for char in value:
-        if unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}:
+        if unicodedata.category(char) in FORBIDDEN_IN_NAMES:
             raise ValueError(f"display name must not contain the character U+{ord(char):04X}")
     if not value.strip():
         raise ValueError("display name must not be blank")
@@ -65,9 +67,44 @@ def check_password(value: str) -> str:
     return value
 
 
-Username = Annotated[str, AfterValidator(check_username)]
-DisplayName = Annotated[str, AfterValidator(check_display_name)]
-Password = Annotated[str, AfterValidator(check_password)]
+# The JSON schemas below say exactly what the checks above accept, so the OpenAPI document
+# of the account API is true (tests/integration/test_auth_schema.py holds it to that).
+
+
+def _username_schema(schema: dict[str, Any]) -> None:
+    schema.update(
+        description="3 to 32 of a-z 0-9 _ . -, starting with a letter or digit; not reserved",
+        pattern=USERNAME_RE.pattern,
+        minLength=3,
+        maxLength=32,
+    )
+    schema["not"] = {"enum": sorted(RESERVED_USERNAMES)}
+
+
+def _display_name_schema(schema: dict[str, Any]) -> None:
+    # "Printable" is a rule over Unicode categories: as a regex it is 700 ranges (and slow
+    # for any tool to generate from), so it is a named format, defined in the description.
+    schema.update(
+        description=(
+            f"1 to {DISPLAY_NAME_MAX} printable characters, not all blank: no code point of the"
+            f" Unicode categories {', '.join(sorted(FORBIDDEN_IN_NAMES))} (control, format,"
+            " surrogate, private use, unassigned, line and paragraph separator)"
+        ),
+        format="display-name",
+        minLength=1,
+        maxLength=DISPLAY_NAME_MAX,
+    )
+
+
+def _password_schema(schema: dict[str, Any]) -> None:
+    schema.update(minLength=PASSWORD_MIN, maxLength=PASSWORD_MAX)
+
+
+Username = Annotated[str, AfterValidator(check_username), Field(json_schema_extra=_username_schema)]
+DisplayName = Annotated[
+    str, AfterValidator(check_display_name), Field(json_schema_extra=_display_name_schema)
+]
+Password = Annotated[str, AfterValidator(check_password), Field(json_schema_extra=_password_schema)]
 
 
 class SignupRequest(WireModel):

@@ -10,7 +10,7 @@ import typer
 
 from clients.cli.context import Cli, cli_of
 from clients.cli.edge import EXIT_CODES_HELP
-from clients.cli.output import Painter, local_time, out, person
+from clients.cli.output import Painter, json_line, local_time, out, person
 from clients.library.errors import InvalidInput, MessengerError, ServerUnreachable
 from clients.library.state import StoredSession, forget_session, save_session
 from protocol.accounts import check_display_name, check_password, check_username
@@ -160,10 +160,28 @@ def logout(ctx: typer.Context) -> None:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-def whoami(ctx: typer.Context) -> None:
+def whoami(
+    ctx: typer.Context,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object: username, display_name, server, expires_at."),
+    ] = False,
+) -> None:
     """Who is logged in here, on which server, until when."""
     cli = cli_of(ctx)
     session = cli.require_session()
+    if as_json:
+        out(
+            json_line(
+                {
+                    "username": session.username,
+                    "display_name": session.display_name,
+                    "server": session.server,
+                    "expires_at": session.expires_at.isoformat(),
+                }
+            )
+        )
+        return
     paint = Painter.for_stream(sys.stdout)
     out(
         f"{paint(person(session.username, session.display_name), 'bold')} on {session.server}"

@@ -37,7 +37,10 @@ def build_app() -> typer.Typer:
                 "--server",
                 envvar="MESSENGER_URL",
                 metavar="URL",
-                help=f"The Messenger server. [default: where you logged in, else {DEFAULT_SERVER}]",
+                # the backslash: rich would take a bare [...] for markup and drop it
+                help=(
+                    f"The Messenger server. \\[default: where you logged in, else {DEFAULT_SERVER}]"
+                ),
                 show_default=False,
             ),
         ] = None,

@@ -52,7 +52,10 @@ app = typer.Typer()
 BACKLOG = 20
 QUIT_COMMANDS = {"/quit", "/exit", "/q"}
 HEADER_HINT = "Enter sends · /quit or Ctrl-D leaves"
-HELP_LINE = f"{HEADER_HINT} · ✓ sent: the server accepted it · ✓✓ delivered to their device"
+HELP_LINE = (
+    f"{HEADER_HINT} · /help shows this · a line starting with // sends it with one /"
+    " · ✓ sent: the server accepted it · ✓✓ delivered to their device"
+)
 
 
 class ChatScreen:
@@ -64,6 +67,7 @@ class ChatScreen:
         self.names = names
         self.paint = paint
         self._lock = threading.Lock()
+        self._seen: set[str] = set()
 
     def line(self, text: str) -> None:
         with self._lock:
@@ -71,6 +75,12 @@ class ChatScreen:
             sys.stdout.flush()
 
     def message(self, message: StoredMessage) -> None:
+        """Show a message once: a note to self is both sent (by the sender thread) and
+        received (by the consumer), whichever comes first shows it."""
+        with self._lock:
+            if message.id in self._seen:
+                return
+            self._seen.add(message.id)
         line = message_line(message, me=self.me, names=self.names, paint=self.paint)
         other = message.sender if message.sender != self.me else message.recipient
         if other != self.peer:
@@ -128,7 +138,10 @@ class ChatSender(threading.Thread):
         except MessengerError as exc:
             self._screen.problem(f"not sent: {exc}", exc.hint)
         else:
-            self._screen.message(record_sent(self._history, to, text, answer))
+            stored = record_sent(self._history, to, text, answer)
+            self._screen.message(stored)
+            if not stored.shown:  # a note to self: seen here, not again by `inbox`
+                self._history.mark_shown_many([stored.id])
 
 
 class ChatConsumer(threading.Thread):
@@ -275,9 +288,14 @@ def chat(
 def _converse(prompt: ChatPrompt, sender: ChatSender, screen: ChatScreen) -> None:
     while (line := prompt.read()) is not None:
         command = line.strip()
-        if command in QUIT_COMMANDS:
-            return
-        if command == "/help":
+        if command.startswith("//"):  # the escape for text that starts with a slash
+            sender.submit(line.replace("//", "/", 1))
+        elif command.startswith("/"):
+            word = command.split()[0]
+            if word in QUIT_COMMANDS:
+                return
+            if word != "/help":  # a typo is never sent to the other person
+                screen.problem(f"no command {word}; nothing was sent")
             screen.line(screen.paint(HELP_LINE, "dim"))
         elif command:
             sender.submit(line)

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from clients.cli.completion import complete_peer
-from clients.cli.context import cli_of, logged_in
+from clients.cli.context import NAME_LOOKUP_TIMEOUT, Cli, cli_of, logged_in
 from clients.cli.edge import EXIT_CODES_HELP
-from clients.cli.output import Painter, json_line, message_line, out
-from clients.library.errors import InvalidInput
+from clients.cli.output import Painter, err, json_line, message_line, out
+from clients.library.errors import InvalidInput, MessengerError, NotFound
 from protocol.accounts import check_username
 
 app = typer.Typer()
@@ -38,12 +38,16 @@ def history(
     """Your conversation with USERNAME from the local history, oldest first.
 
     What you sent shows ✓ sent or ✓✓ delivered; receipts are picked up whenever inbox, listen
-    or chat runs.
+    or chat runs. No messages: says so on stderr (exit 0), or that there is no such user
+    (exit 1).
     """
     cli = cli_of(ctx)
     peer = peer_name(username)
     with logged_in(cli) as (session, history, names):
         messages = history.conversation(peer, limit)
+        if not messages:
+            _no_conversation(cli, session.token, peer)
+            return
         if as_json:
             for message in messages:
                 out(json_line(message.to_json()))
@@ -51,5 +55,19 @@ def history(
         paint = Painter.for_stream(sys.stdout)
         for message in messages:
             out(message_line(message, me=session.username, names=names, paint=paint))
-        if not messages and sys.stdout.isatty():
-            typer.echo(f"No messages with {peer} yet.", err=True)
+
+
+def _no_conversation(cli: Cli, token: str, peer: str) -> None:
+    """Nothing in the local history: say whether the person exists (exit 1 if not)."""
+    try:
+        with cli.accounts(timeout=NAME_LOOKUP_TIMEOUT) as accounts:
+            accounts.user(peer, token=token)
+    except NotFound:
+        raise NotFound(
+            f"there is no user named '{peer}', so there is no conversation",
+            hint="check the spelling; `messenger users NAME` looks a user up",
+        ) from None
+    except MessengerError:  # the server is away: the local history is all we know
+        err(f"No messages with {peer} in the local history.")
+        return
+    err(f"No messages with {peer} yet.")

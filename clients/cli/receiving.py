@@ -76,6 +76,8 @@ class Receiver:
         self._checkpoint("shown")
         receipted: set[str] = set()
         for message in messages:
+            if message.sender == self._history.owner:  # a note to self: no receipt to oneself
+                continue
             if message.id not in receipted:
                 receipted.add(message.id)
                 self._send_receipt(message.id, message.sender)

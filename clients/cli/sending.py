@@ -120,7 +120,5 @@ def send(
             out(json_line(stored.to_json()))
             return
         paint = Painter.for_stream(sys.stdout)
-        out(
-            f"{paint('✓', 'green')} Sent to {paint(person(to, names(to)), 'bold')}"
-            f" at {local_time(stored.sent_at)} · id {stored.id}"
-        )
+        who = "yourself" if to == session.username else paint(person(to, names(to)), "bold")
+        out(f"{paint('✓', 'green')} Sent to {who} at {local_time(stored.sent_at)} · id {stored.id}")

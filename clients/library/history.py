@@ -7,6 +7,10 @@ return: the caller acks the broker only after that. `store_received_many` takes 
 delivery batch brought in one transaction: one commit (and fsync) for up to a few hundred
 messages instead of one each.
 
+A note to self (a message whose sender and recipient are the owner) is one row: the send
+stores it unshown, so `inbox`/`listen` show it once when it arrives like any message, and its
+arrival marks it delivered rather than adding a second, `received` row.
+
 The same database caches other people's display names.
 """
 
@@ -131,11 +135,25 @@ class History:
             self._db.executemany(
                 "INSERT OR IGNORE INTO messages"
                 " (id, client_id, sender, recipient, text, sent_at, status, shown, stored_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'received', 0, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 [
-                    (m.id, m.client_id, m.sender, m.to, m.text, _utc_text(m.sent_at), stored_at)
+                    (
+                        m.id,
+                        m.client_id,
+                        m.sender,
+                        m.to,
+                        m.text,
+                        _utc_text(m.sent_at),
+                        "delivered" if self._is_note(m.sender, m.to) else "received",
+                        stored_at,
+                    )
                     for m in messages
                 ],
+            )
+            self._db.executemany(  # a note to self the send stored first: it has arrived
+                "UPDATE messages SET status = 'delivered' WHERE id = ? AND status IN"
+                " ('sent', 'queued')",
+                [(m.id,) for m in messages if self._is_note(m.sender, m.to)],
             )
             ids = list(dict.fromkeys(m.id for m in messages))
             for start in range(0, len(ids), _IDS_PER_QUERY):
@@ -147,6 +165,9 @@ class History:
                 ):
                     rows[row["id"]] = row
         return [_row(rows[m.id]) for m in messages]
+
+    def _is_note(self, sender: str, recipient: str) -> bool:
+        return sender == recipient == self.owner
 
     def mark_shown_many(self, message_ids: Sequence[str]) -> None:
         """Record that these were put in front of the person: one transaction."""
@@ -174,10 +195,12 @@ class History:
             ).fetchone()
             if early is not None and status == "sent":
                 status = "delivered"
+            # A note to self is shown when it arrives, like any message: stored unshown.
+            shown = 0 if self._is_note(self.owner, to) else 1
             self._db.execute(
                 "INSERT OR IGNORE INTO messages"
                 " (id, client_id, sender, recipient, text, sent_at, status, shown, stored_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
                     client_id,
@@ -186,6 +209,7 @@ class History:
                     text,
                     _utc_text(sent_at),
                     status,
+                    shown,
                     self._now(),
                 ),
             )

@@ -21,10 +21,11 @@ from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
 from services.auth.accounts import Accounts
 from services.auth.broker_api import create_broker_app
+from services.auth.broker_key import RequireKey
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
-from services.auth.public_api import create_public_app
+from services.auth.public_api import amqp_url_with_vhost, create_public_app
 from services.auth.ratelimit import LoginLimiter
 from services.auth.settings import AuthSettings
 from services.auth.store import Store
@@ -77,7 +78,7 @@ def serve() -> None:
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,
     )
-    amqp_urls = settings.client_amqp_urls()
+    amqp_urls = [amqp_url_with_vhost(url, settings.vhost) for url in settings.client_amqp_urls()]
     meta = Meta(
         protocol_version=PROTOCOL_VERSION,
         amqp_url=amqp_urls[0],
@@ -86,18 +87,23 @@ def serve() -> None:
     )
     public = create_public_app(accounts, meta, settings.max_body_bytes)
     add_web_client(public, settings.web_dir, settings.web_stomp_urls)
-    broker = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
+    broker: object = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
+    if settings.broker_api_key is not None:
+        broker = RequireKey(broker, settings.broker_api_key.get_secret_value())  # type: ignore[arg-type]
     servers = [
         _Server(_config(public, settings.public_host, settings.public_port)),
-        _Server(_config(broker, settings.broker_api_host, settings.broker_api_port)),
+        # No access log there: a line per broker check is noise, and a path may hold the key.
+        _Server(
+            _config(broker, settings.broker_api_host, settings.broker_api_port, access_log=False)
+        ),
     ]
-    logging.getLogger("uvicorn.access").addFilter(_skip_broker_checks)
     logger.info(
-        "public API on http://%s:%d, broker auth API on http://%s:%d",
+        "public API on http://%s:%d, broker auth API on http://%s:%d%s",
         settings.public_host,
         settings.public_port,
         settings.broker_api_host,
         settings.broker_api_port,
+        " (behind its key)" if settings.broker_api_key is not None else "",
     )
     try:
         asyncio.run(_serve_all(servers))
@@ -116,9 +122,10 @@ def import_(
     """Import users from FILE; report created / present / invalid per entry.
 
     Exit status: 0 all entries fine, 1 some invalid (the valid ones are imported), 2 the file
-    is unusable or the broker is unreachable."""
+    is unusable, or the broker is unreachable or refused the auth service's login. To import
+    into a running `make run`, use `make import FILE=...`: it knows the instance's settings."""
     settings = _settings()
-    configure_logging("WARNING")
+    configure_logging("CRITICAL")  # the report below says all; no log lines in between
     try:
         text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
         entries = parse_file(text)
@@ -135,16 +142,32 @@ def import_(
     counts = {outcome: 0 for outcome in Outcome}
     for result in results:
         counts[result.outcome] += 1
-        typer.echo(result.line())
+        if result.outcome is not Outcome.FAILED:
+            typer.echo(result.line())
     typer.echo(
         f"{counts[Outcome.CREATED]} created, {counts[Outcome.PRESENT]} already present, "
         f"{counts[Outcome.INVALID]} invalid"
     )
-    if counts[Outcome.FAILED]:
-        typer.echo("error: the broker is unreachable; the import stopped there", err=True)
+    failed = [result for result in results if result.outcome is Outcome.FAILED]
+    if failed:
+        hint = (
+            "is MESSENGER_AUTH_AMQP_PASSWORD the auth account's password? (`make import` "
+            "reads it from the running `make run`)"
+            if "refused" in failed[0].reason
+            else f"is the broker running at {_nodes(settings)}?"
+        )
+        typer.echo(
+            f"error: {failed[0].reason}; the import stopped at entry #{failed[0].index} "
+            f"(entries before it are imported) — {hint}",
+            err=True,
+        )
         raise typer.Exit(2)
     if counts[Outcome.INVALID]:
         raise typer.Exit(1)
+
+
+def _nodes(settings: AuthSettings) -> str:
+    return ", ".join(f"{host}:{port}" for host, port in settings.broker_nodes())
 
 
 @cli.command()
@@ -167,21 +190,12 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _skip_broker_checks(record: logging.LogRecord) -> bool:
-    """RabbitMQ asks /broker/* several times per connection: too many lines to log each.
-    (Denials are logged by broker_api; the public listener answers /broker/* with 404.)"""
-    args = record.args
-    if isinstance(args, tuple) and len(args) == 5:
-        path, status_code = args[2], args[4]
-        return not (str(path).startswith("/broker/") and status_code == 200)
-    return True
-
-
-def _config(app: object, host: str, port: int) -> uvicorn.Config:
+def _config(app: object, host: str, port: int, access_log: bool = True) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
+        access_log=access_log,
         log_config=None,  # our logging (services.logs), not uvicorn's
         lifespan="off",
         server_header=False,

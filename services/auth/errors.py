@@ -27,3 +27,7 @@ class RateLimited(AuthError):
 
 class BrokerUnavailable(AuthError):
     """The broker could not be reached to declare an inbox."""
+
+
+class BrokerLoginRefused(BrokerUnavailable):
+    """The broker answered, but refused the auth service account's login (wrong password)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
+import re
 import secrets
 import threading
 
@@ -72,7 +75,51 @@ class PasswordHashing:
     def is_valid_hash(value: str) -> bool:
         """Whether `value` is an argon2 hash string this service can verify."""
         try:
-            argon2.extract_parameters(value)
-        except (InvalidHashError, ValueError):
+            check_argon2_hash(value)
+        except ValueError:
             return False
-        return value.startswith(("$argon2id$", "$argon2i$", "$argon2d$"))
+        return True
+
+
+# $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>: base64 without padding (the PHC string format)
+_PHC = re.compile(
+    r"\$argon2(?:id|i|d)(?:\$v=(?:16|19))?\$m=(\d{1,10}),t=(\d{1,10}),p=(\d{1,8})"
+    r"\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)"
+)
+# Beyond these, verifying one login would take gigabytes or minutes: refused on import.
+MAX_MEMORY_KIB = 1024 * 1024
+MAX_TIME_COST = 1000
+MAX_PARALLELISM = 64
+
+
+def check_argon2_hash(value: str) -> str:
+    """`value` if it is a well-formed argon2 hash of sane cost; ValueError saying why not.
+
+    argon2-cffi's own parser reads the parameters only, so a hash with a mangled salt or
+    digest would be stored and no password would ever match it.
+    """
+    match = _PHC.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            "password_hash is not an argon2 hash ($argon2id$v=19$m=...,t=...,p=...$salt$hash)"
+        )
+    memory, time_cost, parallelism = (int(group) for group in match.group(1, 2, 3))
+    salt, digest = (_unpadded_b64(group) for group in match.group(4, 5))
+    if salt is None or digest is None:
+        raise ValueError("password_hash is not an argon2 hash: its salt or hash is not base64")
+    if len(salt) < 8 or len(digest) < 4:
+        raise ValueError("password_hash is not an argon2 hash: its salt or hash is too short")
+    if not (1 <= parallelism <= MAX_PARALLELISM and 1 <= time_cost <= MAX_TIME_COST):
+        raise ValueError("password_hash has an argon2 time cost or parallelism out of range")
+    if not 8 * parallelism <= memory <= MAX_MEMORY_KIB:
+        raise ValueError("password_hash has an argon2 memory cost out of range")
+    return value
+
+
+def _unpadded_b64(text: str) -> bytes | None:
+    if len(text) % 4 == 1:
+        return None
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        return None

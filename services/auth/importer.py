@@ -30,8 +30,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from protocol.accounts import DisplayName, Password, Username
-from services.auth.errors import BrokerUnavailable
-from services.auth.hashing import PasswordHashing
+from services.auth.errors import BrokerLoginRefused, BrokerUnavailable
+from services.auth.hashing import PasswordHashing, check_argon2_hash
 from services.auth.inboxes import Inboxes
 from services.auth.store import Store, UserRecord
 from services.auth.validation import describe_errors
@@ -55,8 +55,8 @@ class ImportedUser(BaseModel):
     def _one_secret(self) -> ImportedUser:
         if (self.password is None) == (self.password_hash is None):
             raise ValueError("give exactly one of password and password_hash")
-        if self.password_hash is not None and not PasswordHashing.is_valid_hash(self.password_hash):
-            raise ValueError("password_hash is not an argon2 hash")
+        if self.password_hash is not None:
+            check_argon2_hash(self.password_hash)
         return self
 
 
@@ -107,8 +107,12 @@ def import_users(
             continue
         try:
             results.append(_import_one(index, entry, store, hashing, inboxes))
+        except BrokerLoginRefused:
+            reason = "the broker refused the login of the auth service account"
+            results.append(EntryResult(index, shown, Outcome.FAILED, reason))
+            break
         except BrokerUnavailable:
-            results.append(EntryResult(index, shown, Outcome.FAILED, "broker unavailable"))
+            results.append(EntryResult(index, shown, Outcome.FAILED, "the broker is unreachable"))
             break
     return results
 

@@ -18,14 +18,16 @@ from typing import Protocol
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from protocol.topology import INBOX_EXCHANGE, inbox_queue
-from services.auth.errors import BrokerUnavailable
+from services.auth.errors import BrokerLoginRefused, BrokerUnavailable
 from services.auth.settings import AuthSettings
 
 logger = logging.getLogger(__name__)
 
-_FAILURES = (pika.exceptions.AMQPError, OSError)
+_FAILURES = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
+_REFUSED = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)
 
 
 class Inboxes(Protocol):
@@ -72,6 +74,13 @@ class BrokerInboxes:
                     )
                     channel.queue_bind(queue, INBOX_EXCHANGE, routing_key=username)
                     return
+                except _REFUSED as exc:
+                    self._drop()
+                    user = self._parameters[0].credentials.username
+                    logger.error("the broker refused the login of service account %r", user)
+                    raise BrokerLoginRefused(
+                        f"the broker refused the login of the {user!r} service account"
+                    ) from exc
                 except _FAILURES as exc:
                     self._drop()
                     if attempt == 2:

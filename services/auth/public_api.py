@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from fastapi import FastAPI, Header, Request, Response, status
+from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from protocol.accounts import LoginRequest, Meta, Session, SignupRequest, UserPublic
 from services.auth.accounts import Accounts
@@ -26,29 +29,78 @@ logger = logging.getLogger(__name__)
 WRONG_CREDENTIALS = "wrong username or password"
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: one readable sentence."""
+
+    detail: str
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"description": "The body could not be read (not UTF-8 JSON)."},
+    401: {"description": "Wrong username or password, or a missing/expired/revoked token."},
+    404: {"description": "No user of that name."},
+    409: {"description": "The username is taken."},
+    413: {"description": "The body is larger than the limit."},
+    422: {"description": "A field breaks a rule; `detail` says which, in words."},
+    429: {"description": "Too many failed logins; try again later.", "headers": _RETRY_AFTER},
+    503: {"description": "The broker is down; nothing was created.", "headers": _RETRY_AFTER},
+}
+
+
+BEARER = HTTPBearer(auto_error=False, description="the session token from POST /v1/sessions")
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route: these error codes, each with an ErrorBody."""
+    return {code: {"model": ErrorBody, **_ERRORS[code]} for code in codes}
+
+
+def amqp_url_with_vhost(url: str, vhost: str) -> str:
+    """`amqp://host:port` -> `amqp://host:port/<vhost>`, as RabbitMQ's URI spec has it.
+
+    A plain AMQP client given the URL then lands on our vhost, not on `/`. The vhost is
+    percent-encoded (`/` is `%2F`); a URL that already names a vhost is left as it is.
+    """
+    parts = urlsplit(url)
+    if parts.path not in ("", "/"):
+        return url
+    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+
+
 def create_public_app(accounts: Accounts, meta: Meta, max_body_bytes: int = 64 * 1024) -> FastAPI:
     app = FastAPI(title="Messenger accounts", version=str(meta.protocol_version))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     _add_error_handlers(app)
 
-    @app.post("/v1/users", status_code=status.HTTP_201_CREATED)
+    @app.post(
+        "/v1/users",
+        status_code=status.HTTP_201_CREATED,
+        responses=_answers(400, 409, 413, 422, 503),
+    )
     def sign_up(body: SignupRequest) -> UserPublic:
         return accounts.sign_up(body)
 
-    @app.post("/v1/sessions")
+    @app.post("/v1/sessions", responses=_answers(400, 401, 413, 422, 429))
     def log_in(body: LoginRequest, request: Request) -> Session:
         address = request.client.host if request.client else None
         return accounts.log_in(body.username, body.password, address)
 
-    @app.delete("/v1/sessions/current", status_code=status.HTTP_204_NO_CONTENT)
-    def log_out(authorization: Annotated[str | None, Header()] = None) -> Response:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    @app.delete(
+        "/v1/sessions/current",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=_answers(401),
+    )
+    def log_out(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> Response:
+        token = credentials.credentials.strip() if credentials is not None else ""
+        if not token:
             raise InvalidCredentials()
-        accounts.log_out(token.strip())
+        accounts.log_out(token)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    @app.get("/v1/users/{username}")
+    @app.get("/v1/users/{username}", responses=_answers(404, 422))
     def get_user(username: str) -> UserPublic:
         return accounts.user(username)
 

@@ -34,6 +34,9 @@ class AuthSettings(BrokerSettings):
     public_port: int = 8080
     broker_api_host: str = "127.0.0.1"
     broker_api_port: int = 8081
+    # When set, the broker API answers only under /<key>/broker/*: only whoever holds the key
+    # (the broker, from its config) gets an answer. `make run` sets a fresh one per run.
+    broker_api_key: SecretStr | None = None
 
     amqp_user: str = "auth"
     inbox_queue_type: Literal["classic", "quorum"] = "classic"

@@ -49,11 +49,12 @@ if [ "${MESSENGER_LOCAL_IMAGES:-1}" != 0 ]; then
     set +a
 fi
 
-# The suite's cluster tests start private 3.10 nodes of their own, not the fixture's broker:
-# the private-node run has them already.
+# The suite's cluster tests and `make run`'s tests start private 3.10 nodes of their own,
+# not the fixture's broker: the private-node run has them already.
 t=$(date +%s)
 MESSENGER_TEST_BROKER=container "$PYTHON" -m pytest tests/integration tests/containers \
     --ignore=tests/integration/test_cluster_failover.py \
     --ignore=tests/integration/test_cluster_nodes.py \
+    --ignore=tests/integration/test_make_run.py \
     -p no:cacheprovider
 took "container suites (integration on RabbitMQ 4 + compose end-to-end)" "$t"

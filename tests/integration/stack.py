@@ -152,9 +152,15 @@ class AuthService(ServiceProcess):
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run `messenger-auth ARGS` against this service's store and broker."""
+        return self.cli_with({}, *args, stdin=stdin)
+
+    def cli_with(
+        self, env: dict[str, str], *args: str, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`cli()` with some settings changed."""
         return subprocess.run(
             [sys.executable, "-m", "services.auth", *args],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **env},
             input=stdin,
             capture_output=True,
             text=True,

@@ -7,10 +7,17 @@ import secrets
 from datetime import UTC, datetime
 
 import httpx
+import pika
 import pytest
 
 from services.auth.store import Store
-from tests.integration.stack import AuthService, Broker, signup_and_login, unique_username
+from tests.integration.stack import (
+    AuthService,
+    Broker,
+    close_quietly,
+    signup_and_login,
+    unique_username,
+)
 
 
 def user_count(auth: AuthService) -> int:
@@ -58,10 +65,23 @@ def test_meta_tells_clients_where_the_broker_is(auth: AuthService, broker: Broke
     meta = httpx.get(f"{auth.url}/v1/meta", timeout=10).json()
     assert meta == {
         "protocol_version": 1,
-        "amqp_url": broker.public_amqp_url,
-        "amqp_urls": [broker.public_amqp_url],
+        "amqp_url": f"{broker.public_amqp_url}/messenger",  # the vhost, as RabbitMQ's URI spec
+        "amqp_urls": [f"{broker.public_amqp_url}/messenger"],
         "vhost": "messenger",
     }
+
+
+def test_a_plain_amqp_client_given_the_meta_url_lands_on_our_vhost(auth: AuthService):
+    user = signup_and_login(auth)
+    url = httpx.get(f"{auth.url}/v1/meta", timeout=10).json()["amqp_url"]
+    scheme, rest = url.split("://", 1)
+    parameters = pika.URLParameters(f"{scheme}://{user.username}:{user.token}@{rest}")
+    assert parameters.virtual_host == "messenger"
+    connection = pika.BlockingConnection(parameters)
+    try:  # the inbox exists in our vhost only: passive declare fails anywhere else
+        connection.channel().queue_declare(f"inbox.{user.username}", passive=True)
+    finally:
+        close_quietly(connection)
 
 
 def test_login_returns_a_token_and_its_expiry(auth: AuthService):

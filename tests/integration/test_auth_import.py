@@ -152,3 +152,31 @@ def test_import_accepts_users_from_stdin(auth: AuthService):
     result = auth.cli("import", "-", stdin=json.dumps(document))
     assert result.returncode == 0, result.stderr
     assert httpx.get(f"{auth.url}/v1/users/{username}").status_code == 200
+
+
+def test_a_wrong_service_password_is_reported_as_a_refused_login(auth: AuthService, tmp_path: Path):
+    username = unique_username()
+    path = write_users(
+        tmp_path / "users.json",
+        [{"username": username, "display_name": "Nobody", "password": "long enough"}],
+    )
+    result = auth.cli_with(
+        {"MESSENGER_AUTH_AMQP_PASSWORD": "not the password"}, "import", str(path)
+    )
+    assert result.returncode == 2
+    assert "refused the login" in result.stderr and "unreachable" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert httpx.get(f"{auth.url}/v1/users/{username}").status_code == 404
+
+
+def test_a_bogus_password_hash_is_refused_and_no_user_is_created(auth: AuthService, tmp_path: Path):
+    username = unique_username()
+    bogus = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$bm90IGEgcmVhbCBoYXNo!"
+    path = write_users(
+        tmp_path / "users.json",
+        [{"username": username, "display_name": "Bogus", "password_hash": bogus}],
+    )
+    result = auth.cli("import", str(path))
+    assert result.returncode == 1
+    assert "invalid  #1" in result.stdout and "argon2" in result.stdout
+    assert httpx.get(f"{auth.url}/v1/users/{username}").status_code == 404

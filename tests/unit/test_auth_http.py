@@ -268,3 +268,23 @@ def test_a_body_sent_without_a_json_content_type_is_told_so(public):
     )
     assert response.status_code == 422
     assert "Content-Type: application/json" in response.json()["detail"]
+
+
+def test_the_openapi_document_gives_every_error_as_one_readable_string(public):
+    document = public.get("/openapi.json").json()
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert document["components"]["schemas"]["ErrorBody"]["properties"]["detail"]["type"] == (
+        "string"
+    )
+    expected = {
+        ("/v1/users", "post"): {"201", "400", "409", "413", "422", "503"},
+        ("/v1/sessions", "post"): {"200", "400", "401", "413", "422", "429"},
+        ("/v1/sessions/current", "delete"): {"204", "401"},
+        ("/v1/users/{username}", "get"): {"200", "404", "422"},
+    }
+    for (path, method), codes in expected.items():
+        responses = document["paths"][path][method]["responses"]
+        assert set(responses) == codes, (path, method)
+        for code in codes - {"200", "201", "204"}:
+            assert responses[code]["content"]["application/json"]["schema"] == error
+    assert "HTTPValidationError" not in document["components"]["schemas"]

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import argon2
 import pytest
 
-from services.auth.errors import BrokerUnavailable
+from services.auth.errors import BrokerLoginRefused, BrokerUnavailable
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.store import Store
 
 
 class FakeInboxes:
-    def __init__(self, fail_after: int | None = None) -> None:
+    def __init__(self, fail_after: int | None = None, error: type[Exception] = BrokerUnavailable):
         self.declared: list[str] = []
         self.fail_after = fail_after
+        self.error = error
 
     def declare(self, username: str) -> None:
         if self.fail_after is not None and len(self.declared) >= self.fail_after:
-            raise BrokerUnavailable("down")
+            raise self.error("down")
         self.declared.append(username)
 
 
@@ -51,7 +55,8 @@ def test_valid_entries_are_imported_and_invalid_ones_reported_with_a_reason(stor
     assert outcomes[3] == (Outcome.CREATED, "")
     assert outcomes[4] == (Outcome.INVALID, "give exactly one of password and password_hash")
     assert outcomes[5][0] is Outcome.INVALID
-    assert outcomes[6] == (Outcome.INVALID, "password_hash is not an argon2 hash")
+    assert outcomes[6][0] is Outcome.INVALID
+    assert outcomes[6][1].startswith("password_hash is not an argon2 hash")
     assert "U+0000" in outcomes[7][1]
     assert outcomes[8][0] is Outcome.INVALID
     assert "at least 8" in outcomes[9][1]
@@ -93,6 +98,52 @@ def test_import_stops_at_a_broker_failure_without_writing_that_user(store):
     assert [u.username for u in store.all_users()] == ["user0"]
 
 
+def test_a_refused_broker_login_is_reported_as_refused_not_as_unreachable(store):
+    entries = [{"username": "alice", "display_name": "A", "password": "long enough"}]
+    (refused,) = import_users(entries, store, HASHING, FakeInboxes(0, BrokerLoginRefused))
+    (down,) = import_users(entries, store, HASHING, FakeInboxes(0, BrokerUnavailable))
+    assert refused.outcome is down.outcome is Outcome.FAILED
+    assert "refused the login" in refused.reason
+    assert "unreachable" in down.reason and "refused" not in down.reason
+    assert store.all_users() == []
+
+
+VALID = HASHING.hash("some password")
+
+
+@pytest.mark.parametrize(
+    "bogus",
+    [
+        "$argon2id$v=19$m=65536,t=3,p=4$bogus$bogus",  # not base64
+        "$argon2id$v=19$m=65536,t=3,p=4$YQ$YQ",  # salt and hash far too short
+        "$argon2id$v=19$m=65536,t=3,p=4$$",
+        VALID[:-1] + "!",
+        VALID + "$extra",
+        VALID.replace("p=1", "p=0"),
+        VALID.replace("t=1", "t=999999"),
+        VALID.replace("m=1024", "m=4"),
+        "$2b$12$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0",  # bcrypt
+        "plaintext!",
+    ],
+)
+def test_a_password_hash_that_is_not_a_usable_argon2_hash_is_refused(store, bogus):
+    entry = {"username": "alice", "display_name": "A", "password_hash": bogus}
+    (result,) = import_users([entry], store, HASHING, FakeInboxes())
+    assert result.outcome is Outcome.INVALID, bogus
+    assert result.reason.startswith("password_hash")
+    assert store.all_users() == []
+
+
+def test_an_argon2i_hash_and_one_without_version_are_accepted(store):
+    legacy = argon2.PasswordHasher(type=argon2.Type.I, time_cost=1, memory_cost=1024).hash("pw")
+    entries = [
+        {"username": "alice", "display_name": "A", "password_hash": legacy},
+        {"username": "bob", "display_name": "B", "password_hash": VALID.replace("v=19$", "")},
+    ]
+    results = import_users(entries, store, HASHING, FakeInboxes())
+    assert [r.outcome for r in results] == [Outcome.CREATED, Outcome.CREATED]
+
+
 def test_export_writes_hashes_only_and_round_trips(store, tmp_path):
     import_users(
         [{"username": "alice", "display_name": "Zoë 🚀", "password": "my secret pw"}],
@@ -117,3 +168,12 @@ def test_export_writes_hashes_only_and_round_trips(store, tmp_path):
 def test_an_unusable_file_is_refused_as_a_whole(text):
     with pytest.raises(ImportFileError):
         parse_file(text)
+
+
+def test_the_documented_example_file_imports(store):
+    """docs/operations.md shows the file format: its example must be a valid import."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    example = re.search(r"```json\n(.*?)```", doc, re.S)
+    assert example is not None
+    results = import_users(parse_file(example.group(1)), store, HASHING, FakeInboxes())
+    assert [r.outcome for r in results] == [Outcome.CREATED, Outcome.CREATED]

@@ -114,3 +114,29 @@ def test_a_batch_larger_than_one_query_is_read_back_whole(history: History):
     messages = [delivered(f"m{i:04d}") for i in range(1_200)]
     rows = history.store_received_many(messages)
     assert [r.id for r in rows] == [m.id for m in messages]
+
+
+def test_a_note_to_self_sent_then_arrived_is_one_row_shown_once_and_delivered(history: History):
+    sent = history.store_sent("n1", to="alice", text="buy milk", sent_at=T0, client_id="c-n1")
+    assert (sent.status, sent.shown) == ("sent", False)  # `inbox` shows it when it arrives
+    [arrived] = history.store_received_many(
+        [delivered("n1", sender="alice", to="alice", text="buy milk")]
+    )
+    assert (arrived.status, arrived.shown) == ("delivered", False)
+    history.mark_shown_many(["n1"])
+    [again] = history.store_received_many(
+        [delivered("n1", sender="alice", to="alice", text="buy milk")]
+    )
+    assert again.shown
+    assert [(m.id, m.status) for m in history.conversation("alice")] == [("n1", "delivered")]
+
+
+def test_a_note_to_self_that_arrives_before_its_send_is_recorded_is_one_row(history: History):
+    history.store_received_many([delivered("n2", sender="alice", to="alice")])
+    sent = history.store_sent("n2", to="alice", text="hi", sent_at=T0)
+    assert sent.status == "delivered"
+    assert len(history.conversation("alice")) == 1
+
+
+def test_a_message_to_someone_else_is_stored_as_already_shown(history: History):
+    assert history.store_sent("m9", to="bob", text="hi", sent_at=T0).shown

@@ -1,0 +1,383 @@
+"""`make run` as an operator uses it: supervised parts, stable addresses, import, two at once.
+
+One instance (`python -m deploy.run`, what `make run` runs) is started for the module on a
+private data directory and port. Its relay, auth service and broker node are SIGKILLed one
+at a time; each must come back by itself, and a message sent while it was down must arrive
+exactly once. The time from the kill until a message flows end to end again is logged
+(`-o log_cli=true` shows it). A second instance runs beside the first, and is restarted on
+its own data directory to show that its broker keeps its address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy import run_state
+from deploy.instance import stable_ports
+from tests.integration.cli_driver import COMMAND, Person
+from tests.integration.stack import eventually
+
+pytestmark = pytest.mark.slow
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 120.0
+FLOW_TIMEOUT = 60.0
+
+
+@dataclass
+class Instance:
+    """One `make run`, its data directory and its output."""
+
+    data_dir: Path
+    public_port: int
+    process: subprocess.Popen[bytes] | None = None
+    output: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.output = self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.public_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
+        env.update(
+            MESSENGER_RUN_DATA_DIR=str(self.data_dir),
+            MESSENGER_RUN_PUBLIC_PORT=str(self.public_port),
+            MESSENGER_RUN_DOCKER="false",
+        )
+        return env
+
+    def start(self) -> None:
+        with self.output.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "deploy.run"],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        eventually(self._up, timeout=START_TIMEOUT, interval=0.2)
+
+    def _up(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, self.log()
+        return run_state.read(self.data_dir) is not None
+
+    def state(self) -> run_state.RunningState:
+        state = run_state.read(self.data_dir)
+        assert state is not None, self.log()
+        return state
+
+    def part_pids(self) -> list[int]:
+        return [pid for pid in self.state().parts.values() if pid is not None]
+
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        """Ctrl-C (SIGINT) as a terminal sends it; the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=120)
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+
+def public_port_for_test() -> int:
+    """Below the ephemeral range: the second start of an instance binds it again, and by then
+    a port from that range may be some outgoing connection's."""
+    return stable_ports(1)[0]
+
+
+def private_dir(prefix: str) -> Path:
+    """Under /tmp, enterable by the `rabbitmq` user the node runs as when we are root."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, public_port: int | None = None) -> Iterator[Instance]:
+    instance = Instance(data_dir, public_port or public_port_for_test())
+    instance.start()
+    pids = instance.part_pids()
+    try:
+        yield instance
+    finally:
+        pids += instance.part_pids() if run_state.read(data_dir) else []
+        code = instance.stop()
+        assert code == 0, instance.log()[-3000:]
+        for pid in pids:  # Ctrl-C leaves nothing behind
+            eventually(functools.partial(gone, pid), timeout=30)
+        assert not run_state.path_in(data_dir).exists()
+
+
+def person(instance: Instance, home: Path, prefix: str) -> Person:
+    username = f"{prefix}{uuid.uuid4().hex[:8]}"
+    return Person(home / username, instance.url, username, secrets.token_urlsafe(12), prefix)
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    path = private_dir("messenger-make-run-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def instance(base: Path) -> Iterator[Instance]:
+    data_dir = base / "first"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    with running(data_dir) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def pair(instance: Instance, base: Path) -> tuple[Person, Person]:
+    alice, bob = person(instance, base, "alice"), person(instance, base, "bob")
+    alice.signup()
+    bob.signup()
+    return alice, bob
+
+
+class Flow:
+    """Sends from alice to bob and reads bob's inbox; counts every text bob was shown."""
+
+    def __init__(self, alice: Person, bob: Person) -> None:
+        self.alice, self.bob = alice, bob
+        self.seen: dict[str, int] = {}
+
+    def send(self, text: str) -> bool:
+        """True once the message is accepted, or held by the broker for the relay (queued)."""
+        result = self.alice.run("send", self.bob.username, text)
+        return result.code == 0 or "queued" in result.err
+
+    def send_in_background(self, text: str) -> threading.Thread:
+        """`messenger send` as its own process, again and again until it is taken (the
+        broker refuses connections while it is down); returns at once."""
+        env = self.alice.env()  # taken now: `run` swaps os.environ in this thread
+        command = [*COMMAND, "send", self.bob.username, text]
+
+        def keep_trying() -> None:
+            deadline = time.monotonic() + FLOW_TIMEOUT
+            while time.monotonic() < deadline:
+                done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+                if done.returncode == 0 or "queued" in done.stderr:
+                    return
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=keep_trying, daemon=True)
+        thread.start()
+        return thread
+
+    def read(self) -> None:
+        result = self.bob.run("inbox", "--json")
+        if result.code != 0:  # the server or the broker is down: it failed at once
+            time.sleep(0.2)
+            return
+        for row in result.json_lines():
+            self.seen[row["text"]] = self.seen.get(row["text"], 0) + 1
+
+    def until_delivered(self, text: str, timeout: float = FLOW_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while self.seen.get(text, 0) == 0:
+            assert time.monotonic() < deadline, f"{text!r} never arrived"
+            self.read()
+
+
+@pytest.mark.parametrize("part", ["relay", "auth service", "broker node"])
+def test_a_killed_part_comes_back_by_itself_and_nothing_is_lost(
+    instance: Instance, pair: tuple[Person, Person], part: str
+):
+    flow = Flow(*pair)
+    assert flow.send(f"before {part}")
+    flow.until_delivered(f"before {part}")
+    state = instance.state()
+    (name,) = [n for n in state.parts if n.startswith(part)]
+    victim = state.parts[name]
+    assert victim is not None
+    restarts = state.restarts.get(name, 0)
+
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    during = f"sent while the {part} was down"
+    sender = flow.send_in_background(during)
+    flow.until_delivered(during)
+    flowing = time.monotonic() - killed_at
+    sender.join(FLOW_TIMEOUT)
+    logger.warning(
+        "SIGKILL of the %s: a message sent meanwhile arrived %.1f s later", part, flowing
+    )
+    assert flow.send(f"after {part}")
+    flow.until_delivered(f"after {part}")
+
+    new_state = instance.state()
+    assert new_state.restarts[name] == restarts + 1
+    assert new_state.parts[name] not in (None, victim)
+    assert f"{name} exited (killed by SIGKILL)" in instance.log()
+    flow.read()
+    assert [flow.seen[t] for t in (f"before {part}", during, f"after {part}")] == [1, 1, 1]
+
+
+def test_the_broker_api_answers_the_broker_only(instance: Instance, pair: tuple[Person, Person]):
+    alice, _ = pair
+    env = instance.state().auth_env
+    base = f"http://127.0.0.1:{env['MESSENGER_AUTH_BROKER_API_PORT']}"
+    login = {"username": alice.username, "password": alice.password}
+    # A local program that found the port, but not the key in the broker's config:
+    for path in ("/broker/user", "/x/broker/user", "/broker/resource"):
+        refused = httpx.post(f"{base}{path}", data=login, timeout=10)
+        assert refused.status_code == 404 and "allow" not in refused.text
+    keyed = httpx.post(
+        f"{base}/{env['MESSENGER_AUTH_BROKER_API_KEY']}/broker/user", data=login, timeout=10
+    )
+    assert keyed.text == "allow"
+    log = instance.log()  # both listeners answered before the node was started
+    assert log.index("Uvicorn running on") < log.index("starting RabbitMQ node")
+    conf = instance.data_dir / "rabbitmq" / "rabbitmq.conf"
+    assert conf.stat().st_mode & 0o077 == 0  # only the broker reads the key
+    assert run_state.path_in(instance.data_dir).stat().st_mode & 0o077 == 0
+
+
+def test_import_into_the_running_instance(
+    instance: Instance, pair: tuple[Person, Person], base: Path
+):
+    _, bob = pair
+    carol = person(instance, base, "carol")
+    users = base / "users.json"
+    users.write_text(
+        json.dumps(
+            {
+                "users": [
+                    {
+                        "username": carol.username,
+                        "display_name": "Carol",
+                        "password": carol.password,
+                    },
+                    {"username": "bogus", "display_name": "B", "password_hash": "$argon2id$x"},
+                ]
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.import_users", str(users)],  # what `make import` runs
+        env=instance.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # one entry was invalid
+    assert f"created  #1 {carol.username}" in result.stdout
+    assert "invalid  #2 bogus: password_hash is not an argon2 hash" in result.stdout
+    carol.login()
+    flow = Flow(carol, bob)
+    assert flow.send("hello from an imported account")
+    flow.until_delivered("hello from an imported account")
+    back = Flow(bob, carol)
+    assert back.send("welcome, carol")
+    back.until_delivered("welcome, carol")
+
+
+def test_import_without_a_running_instance_says_so(base: Path):
+    lonely = private_dir("messenger-nothing-runs-")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "deploy.import_users", str(base / "users.json")],
+            env={**env, "MESSENGER_RUN_DATA_DIR": str(lonely)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(lonely, ignore_errors=True)
+    assert result.returncode == 2
+    assert "no Messenger runs on" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_instance_runs_beside_the_first_and_keeps_its_address(
+    instance: Instance, base: Path
+):
+    data_dir = base / "second"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    first_meta = httpx.get(f"{instance.url}/v1/meta", timeout=10).json()
+    port = public_port_for_test()
+    with running(data_dir, port) as second:
+        meta = httpx.get(f"{second.url}/v1/meta", timeout=10).json()
+        assert meta["amqp_url"] != first_meta["amqp_url"]
+        dave, erin = person(second, base, "dave"), person(second, base, "erin")
+        dave.signup()
+        erin.signup()
+        assert httpx.get(f"{instance.url}/v1/users/{dave.username}", timeout=10).status_code == 404
+        flow = Flow(dave, erin)
+        assert flow.send("on the second instance")
+        flow.until_delivered("on the second instance")
+        identity = json.loads((data_dir / "instance.json").read_text())
+    with running(data_dir, port) as again:  # the same directory: the same broker address
+        assert httpx.get(f"{again.url}/v1/meta", timeout=10).json() == meta
+        assert json.loads((data_dir / "instance.json").read_text()) == identity
+        erin.login()
+        after = Flow(dave, erin)
+        assert after.send("after a restart")
+        after.until_delivered("after a restart")
+    assert identity["node_name"] not in instance.log()  # its own node name
+
+
+def test_a_clashing_node_name_fails_with_the_cause_and_leaves_nothing(
+    instance: Instance, base: Path
+):
+    data_dir = base / "clash"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)
+    clash = Instance(data_dir, public_port_for_test())
+    node_name = json.loads((instance.data_dir / "instance.json").read_text())["node_name"]
+    with clash.output.open("ab") as out:
+        process = subprocess.run(
+            [sys.executable, "-m", "deploy.run"],
+            env={**clash.env(), "MESSENGER_RUN_NODE_NAME": node_name},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    assert process.returncode == 1
+    (error,) = [line for line in clash.log().splitlines() if "could not start Messenger" in line]
+    assert f"another node named {node_name}@localhost already runs" in error
+    assert "duplicate_node_name" in error and "MESSENGER_RUN_NODE_NAME" in error
+    with pytest.raises(httpx.ConnectError):  # its auth service was stopped again
+        httpx.get(f"{clash.url}/healthz", timeout=5)
+    assert httpx.get(f"{instance.url}/healthz", timeout=5).status_code == 200

@@ -1,0 +1,63 @@
+"""Lines typed in `chat`: commands are answered here and never reach the other person."""
+
+from __future__ import annotations
+
+from clients.cli.chat import HELP_LINE, _converse
+from clients.cli.output import Painter
+
+
+class Prompt:
+    def __init__(self, *lines: str) -> None:
+        self._lines = list(lines)
+
+    def read(self) -> str | None:
+        return self._lines.pop(0) if self._lines else None
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def submit(self, text: str) -> None:
+        self.sent.append(text)
+
+
+class Screen:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.problems: list[str] = []
+        self.paint = Painter(color=False)
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def problem(self, message: str, hint: str | None = None) -> None:
+        self.problems.append(message)
+
+
+def converse(*lines: str) -> tuple[Sender, Screen]:
+    sender, screen = Sender(), Screen()
+    _converse(Prompt(*lines), sender, screen)  # type: ignore[arg-type]
+    return sender, screen
+
+
+def test_an_unknown_command_is_answered_with_the_commands_and_not_sent():
+    sender, screen = converse("hello", "/qiut", "/shrug me", "still here")
+    assert sender.sent == ["hello", "still here"]
+    assert screen.problems == [
+        "no command /qiut; nothing was sent",
+        "no command /shrug; nothing was sent",
+    ]
+    assert screen.lines == [HELP_LINE, HELP_LINE]
+    assert "/quit" in HELP_LINE and "/help" in HELP_LINE
+
+
+def test_quit_leaves_and_help_lists_the_commands():
+    sender, screen = converse("/help", "/quit", "never sent")
+    assert sender.sent == []
+    assert screen.lines == [HELP_LINE] and screen.problems == []
+
+
+def test_a_double_slash_sends_the_line_with_one_slash():
+    sender, _ = converse("//etc/hosts is the file", "  ", "")
+    assert sender.sent == ["/etc/hosts is the file"]
