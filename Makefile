@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run import test bench lint venv clean web
+.PHONY: run import test test-local test-containers images bench lint venv clean web
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,22 @@ import: $(STAMP)
 	$(if $(FILE),,$(error give the file: make import FILE=users.json))
 	$(BIN)/python -m deploy.import_users $(FILE) $(if $(CLUSTER),--cluster)
 
-## make test: unit and integration tests against a real RabbitMQ
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+## make test [START_DOCKER=1]: the private-node suite (unit + integration on RabbitMQ 3.10),
+## then the container suites (integration on RabbitMQ 4 in a container, compose end to end)
+## where a Docker engine answers; START_DOCKER=1 (root) installs and starts one, as CI does.
+## PYTEST_ARGS runs only the private-node suite, with those arguments.
+test: test-local
+	@$(if $(PYTEST_ARGS),echo "container tests skipped: PYTEST_ARGS selects tests",START_DOCKER=$(START_DOCKER) bash tests/containers/run.sh)
+
+test-local: $(STAMP)
+	MESSENGER_TEST_BROKER=local $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-containers: $(STAMP)
+	START_DOCKER=$(START_DOCKER) bash tests/containers/run.sh
+
+## make images: the local images compose.yaml and the container tests use (no registry)
+images:
+	bash deploy/images/build-local.sh
 
 ## make bench [QUICK=1]: benchmarks, each against a baseline measured in the same run
 bench: $(BENCH_STAMP)

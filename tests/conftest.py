@@ -1,4 +1,8 @@
-"""Fixtures shared by every test: the one broker of the session, and the services on it."""
+"""Fixtures shared by every test: the one broker of the session, and the services on it.
+
+Which broker: tests/integration/container_broker.py (MESSENGER_TEST_BROKER=local|container|
+auto); pytest's header says which one this run uses, and why.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.pika_io import coalesce_pika_writes
+from tests.integration.container_broker import chosen_broker
 from tests.integration.stack import (
     AuthService,
     Broker,
@@ -21,6 +26,12 @@ from tests.integration.stack import (
 logging.getLogger("pika").setLevel(logging.CRITICAL)
 # What every entry point does (the relay, the CLI, the benchmarks): tests use pika as they do.
 coalesce_pika_writes()
+
+
+def pytest_report_header() -> str:
+    choice = chosen_broker()
+    what = "RabbitMQ in a container" if choice.kind == "container" else "a private local node"
+    return f"broker: {what} ({choice.reason})"
 
 
 @pytest.fixture(scope="session")

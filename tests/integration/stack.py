@@ -1,15 +1,15 @@
 """The real system for integration tests: a broker, the auth service, relays, as processes.
 
-The broker comes from one place, `start_broker()`: testcontainers' RabbitMQ where a Docker
+The broker comes from one place, `start_broker()`: testcontainers' RabbitMQ 4 where a Docker
 engine answers, otherwise a private node from the installed `rabbitmq-server`
-(deploy/local_broker.py). Services run as real subprocesses of the console entry points, so
-a test can SIGKILL them.
+(deploy/local_broker.py); MESSENGER_TEST_BROKER=local|container|auto forces the choice
+(tests/integration/container_broker.py). Services run as real subprocesses of the console
+entry points, so a test can SIGKILL them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import secrets
 import subprocess
@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from deploy.local_broker import LocalNode, free_port, service_passwords
 from deploy.processes import ServiceProcess
 from protocol.topology import INBOX_EXCHANGE, VHOST
 from services.relay.status import Counters, RelayStatus
+from tests.integration.container_broker import ContainerNode, chosen_broker
 
 T = TypeVar("T")
 
@@ -53,22 +53,6 @@ def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 
             if time.monotonic() > deadline:
                 raise
         time.sleep(interval)
-
-
-def docker_engine_answers() -> bool:
-    # docker-py leaks its unix socket when no engine answers; under `filterwarnings = error`
-    # the ResourceWarning at garbage collection would fail whichever test runs then.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            import docker
-
-            docker.from_env(timeout=2).ping()
-            return True
-        except Exception:
-            return False
-        finally:
-            gc.collect()
 
 
 @dataclass
@@ -123,9 +107,7 @@ class Broker:
 def start_broker(**node_options: Any) -> Broker:
     """A started broker of our own. The caller removes it (`Broker.remove`)."""
     auth_api_port = free_port()
-    if docker_engine_answers():  # pragma: no cover - no Docker engine on the CI machine
-        from tests.integration.container_broker import ContainerNode
-
+    if chosen_broker().kind == "container":
         node: LocalNode = ContainerNode(
             auth_url=f"http://host.docker.internal:{auth_api_port}",
             service_passwords=service_passwords(),

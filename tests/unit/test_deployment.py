@@ -48,9 +48,32 @@ BROKER_API_PORT = 8081
 MANAGEMENT_PORT = 15672
 
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::[-?](?P<default>[^}]*))?\}")
+# The innermost `${NAME:-default}` of a value (a default may hold another interpolation).
+INNERMOST = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^${}]*))?\}")
+# Every image and published host port is a variable with the documented default.
+IMAGE_VARIABLES = {
+    "MESSENGER_RABBITMQ_IMAGE": "rabbitmq:4.1",
+    "MESSENGER_PYTHON_IMAGE": "python:3.11-slim",
+    "MESSENGER_IMAGE": "messenger:local",
+}
+PORT_VARIABLES = {
+    "MESSENGER_PUBLIC_PORT": 8080,
+    "MESSENGER_AMQP_PORT": 5672,
+    "MESSENGER_AMQP_PORT_2": 5673,
+    "MESSENGER_AMQP_PORT_3": 5674,
+}
+BROKER_AUTH_NETWORK = "broker-auth"
+BROKER_API_HOST = "auth-broker-api"
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def with_defaults(value: str) -> str:
+    """`value` as compose resolves it when no variable is set: every default applied."""
+    while (match := INNERMOST.search(value)) is not None:
+        value = value[: match.start()] + (match["default"] or "") + value[match.end() :]
+    return value
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -93,7 +116,7 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str, int | None, int]
                 )
             )
             continue
-        parts = str(entry).split("/")[0].split(":")
+        parts = with_defaults(str(entry)).split("/")[0].split(":")
         if len(parts) == 1:  # container port only: Docker picks a random host port
             result.append(("0.0.0.0", None, int(parts[0])))
         elif len(parts) == 2:
@@ -302,7 +325,44 @@ def test_broker_mounts_the_config_files_the_local_runner_and_tests_use(
 def test_broker_is_an_official_rabbitmq_4_or_3_13_image(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    assert re.fullmatch(r"rabbitmq:(4\.\d+|3\.13)(\.\d+)?", services["broker"]["image"])
+    assert re.fullmatch(
+        r"rabbitmq:(4\.\d+|3\.13)(\.\d+)?", with_defaults(services["broker"]["image"])
+    )
+
+
+def test_every_image_is_a_variable_whose_default_is_the_official_one(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The same file runs on locally built images (deploy/images/build-local.sh)."""
+    used: set[str] = set()
+    for name, service in services.items():
+        match = INTERPOLATION.fullmatch(str(service["image"]))
+        assert match is not None, f"{name}: image {service['image']!r} is not a variable"
+        assert IMAGE_VARIABLES[match["name"]] == match["default"], name
+        used.add(match["name"])
+        if "build" in service:
+            arg = INTERPOLATION.fullmatch(service["build"]["args"]["PYTHON_IMAGE"])
+            assert arg is not None
+            assert (arg["name"], arg["default"]) == ("MESSENGER_PYTHON_IMAGE", "python:3.11-slim")
+            used.add(arg["name"])
+    assert used == set(IMAGE_VARIABLES)
+
+
+def test_every_published_host_port_is_a_variable_with_the_documented_default(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    used: dict[str, int] = {}
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            host_port = str(entry).rsplit(":", 1)[0]
+            match = INTERPOLATION.fullmatch(host_port)
+            assert match is not None, f"{name}: published port {entry!r} is not a variable"
+            used[match["name"]] = int(match["default"])
+    assert used == PORT_VARIABLES
+    # The broker's address clients are told follows the published AMQP port.
+    meta = env_of(services["auth"])["MESSENGER_AUTH_PUBLIC_AMQP_URL"]
+    assert "${MESSENGER_AMQP_PORT:-5672}" in meta
+    assert with_defaults(meta) == "amqp://127.0.0.1:5672"
 
 
 def test_broker_reads_the_definitions_broker_init_writes(
@@ -329,11 +389,45 @@ def test_broker_keeps_its_data_on_a_named_volume_under_a_fixed_node_name(
 def test_broker_asks_the_auth_service_on_its_unpublished_broker_api(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    port = env_of(services["auth"])["MESSENGER_AUTH_BROKER_API_PORT"]
+    env = env_of(services["auth"])
+    port = env["MESSENGER_AUTH_BROKER_API_PORT"]
     assert int(port) == BROKER_API_PORT
+    assert env["MESSENGER_AUTH_BROKER_API_HOST"] == BROKER_API_HOST
+    mount = mounts(services["broker"])["/etc/rabbitmq/conf.d/90-messenger.conf"]
+    conf_d = bind_source(mount["source"])
     for path in ("user", "vhost", "resource", "topic"):
-        url = conf_value(local_broker.CONFIG_DIR / "rabbitmq.conf", f"auth_http.{path}_path")
-        assert url == f"http://auth:{port}/broker/{path}"
+        # conf.d is read after rabbitmq.conf: its keys win
+        url = conf_value(conf_d, f"auth_http.{path}_path")
+        assert url == f"http://{BROKER_API_HOST}:{port}/broker/{path}"
+
+
+def networks_of(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    value = service.get("networks", ["default"])
+    if isinstance(value, list):
+        return {name: {} for name in value}
+    return {name: (options or {}) for name, options in value.items()}
+
+
+def test_the_broker_api_is_on_a_network_only_the_brokers_share_with_the_auth_service(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """The auth service binds its broker API to its name on the broker-auth network; the
+    relays and anything else on the default network cannot reach it."""
+    assert compose["networks"][BROKER_AUTH_NETWORK] == {"internal": True}
+    on_it = {name for name, svc in services.items() if BROKER_AUTH_NETWORK in networks_of(svc)}
+    assert on_it == {"auth", *broker_nodes(services)}
+    aliases = {
+        name: options.get("aliases", [])
+        for name, svc in services.items()
+        for network, options in networks_of(svc).items()
+        if BROKER_API_HOST in options.get("aliases", [])
+    }
+    assert aliases == {"auth": [BROKER_API_HOST]}
+    assert networks_of(services["auth"])[BROKER_AUTH_NETWORK]["aliases"] == [BROKER_API_HOST]
+    assert BROKER_API_HOST not in networks_of(services["auth"]).get("default", {}).get(
+        "aliases", []
+    )
+    assert services["broker-init"]["network_mode"] == "none"
 
 
 def test_auth_keeps_its_user_store_on_a_named_volume(
@@ -524,7 +618,9 @@ def test_render_command_fails_when_a_password_is_missing(
 def test_image_is_multi_stage_on_slim_python_3_11() -> None:
     bases = [args.split()[0] for instr, args in dockerfile_instructions() if instr == "FROM"]
     assert len(bases) >= 2
-    assert all(base.startswith("python:3.11-slim") for base in bases)
+    assert set(bases) == {"${PYTHON_IMAGE}"}
+    (default,) = [args for instr, args in dockerfile_instructions() if instr == "ARG"]
+    assert default == "PYTHON_IMAGE=python:3.11-slim"  # official; build-local passes its own
     copies = [args for instr, args in dockerfile_instructions() if instr == "COPY"]
     assert any(args.startswith("--from=build ") for args in copies)
 
@@ -634,7 +730,7 @@ def broker_nodes(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     return {
         name: svc
         for name, svc in services.items()
-        if str(svc.get("image", "")).startswith("rabbitmq:") and "hostname" in svc
+        if with_defaults(str(svc.get("image", ""))).startswith("rabbitmq:") and "hostname" in svc
     }
 
 
@@ -773,3 +869,18 @@ def test_make_run_cluster_points_services_and_clients_at_every_node(
     text = "\n".join(p.read_text() for p in DEPLOYMENT_DOCS if p.exists())
     for name in ("MESSENGER_BROKER_NODES", "MESSENGER_PUBLIC_AMQP_URLS"):
         assert f"{name}={CLUSTER_COMPOSE_ENV[name]}" in text, f"docs: {name}"
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """A package left out of the build stage is missing from the image: its services then
+    fail at import (the `broker` package of the module split was, once)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    copied = {
+        args.split()[0].rstrip("/")
+        for instr, args in dockerfile_instructions()
+        if instr == "COPY" and not args.startswith("--")
+    }
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
