@@ -89,10 +89,14 @@ class ReceiptRequest(WireModel):
     message_id: str = Field(min_length=1, max_length=128)
     to: Username
     status: ReceiptStatus
+    # False when the reader turned read receipts off: the relay then tells only the reader's
+    # other devices and the archive, never the original sender.
+    notify_sender: bool = True
 
 
 class ReceiptNotice(WireModel):
-    """A receipt as it reaches the original sender's inbox."""
+    """A receipt as it reaches the original sender's devices (and, for `read`, the reader's
+    other devices). `reader` is the broker-checked `user_id` of the receipt's publisher."""
 
     message_id: str
     reader: str
