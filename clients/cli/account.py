@@ -64,7 +64,7 @@ def _open_session(
     cli: Cli, username: str, password: str, display_name: str | None
 ) -> StoredSession:
     with cli.accounts() as accounts:
-        session = accounts.login(username, password)
+        session, device = accounts.login_device(username, password)
         if display_name is None:
             try:
                 display_name = accounts.user(username, token=session.token).display_name
@@ -76,6 +76,8 @@ def _open_session(
         token=session.token,
         expires_at=session.expires_at,
         display_name=display_name,
+        device_id=device.device_id if device else None,
+        device_queue=device.device_queue if device else None,
     )
     save_session(cli.paths, stored)
     return stored

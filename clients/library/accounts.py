@@ -12,6 +12,7 @@ import httpx
 from pydantic import ValidationError
 
 from clients.library.errors import (
+    AccountDeleted,
     AuthenticationFailed,
     Conflict,
     InvalidInput,
@@ -21,6 +22,7 @@ from clients.library.errors import (
     ServerUnreachable,
 )
 from protocol.accounts import Meta, Session, UserPublic
+from protocol.conversations import DeviceInfo
 
 M = TypeVar("M", Session, UserPublic, Meta)
 
@@ -74,6 +76,10 @@ class AccountsClient:
         return UserPublic(username=username, display_name=display_name)
 
     def login(self, username: str, password: str) -> Session:
+        return self.login_device(username, password)[0]
+
+    def login_device(self, username: str, password: str) -> tuple[Session, DeviceInfo | None]:
+        """Open a session; the device it created (None from a server without devices)."""
         response = self._request(
             "POST", "/v1/sessions", json={"username": username, "password": password}
         )
@@ -82,7 +88,12 @@ class AccountsClient:
                 "wrong username or password", hint="check both, they are case-sensitive"
             )
         self._raise_for_status(response)
-        return self._parse(response, Session)
+        session = self._parse(response, Session)
+        try:
+            device: DeviceInfo | None = DeviceInfo.model_validate_json(response.content)
+        except ValidationError:
+            device = None
+        return session, device
 
     def logout(self, token: str) -> None:
         """Revoke `token`. A token the server no longer knows counts as revoked already."""
@@ -95,6 +106,8 @@ class AccountsClient:
         response = self._request("GET", f"/v1/users/{username}", token=token)
         if response.status_code == 404:
             raise NotFound(f"there is no user named '{username}'", hint="check the spelling")
+        if response.status_code == 410:
+            raise AccountDeleted(f"'{username}' deleted their account")
         self._raise_for_status(response)
         return self._parse(response, UserPublic)
 

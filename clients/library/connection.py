@@ -33,6 +33,7 @@ from clients.library.errors import (
     BrokerUnreachable,
     LoginRefused,
     MessengerError,
+    QueueMissing,
 )
 from protocol.accounts import Meta
 
@@ -270,7 +271,7 @@ def _connection_error(
 def _channel_error(exc: pika.exceptions.ChannelClosedByBroker, username: str) -> MessengerError:
     failure = classify(exc)
     if failure is Failure.MISSING:
-        return BrokerRefused(
+        return QueueMissing(
             f"the broker has no inbox for {username!r} ({exc.reply_text})",
             hint="sign up first, or ask the operator to re-import the user",
         )

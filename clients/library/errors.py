@@ -41,6 +41,14 @@ class Conflict(MessengerError):
     pass
 
 
+class AccountDeleted(NotFound):
+    """The user deleted their account (HTTP 410): shown as "deleted user"."""
+
+
+class HistoryUnavailable(MessengerError):
+    """The server keeps no history (an older server without the archive), or it is down."""
+
+
 class InvalidInput(MessengerError):
     pass
 
@@ -58,6 +66,10 @@ class BrokerUnreachable(MessengerError):
 
 class BrokerRefused(MessengerError):
     """The broker refused a login or an operation (ACCESS_REFUSED and the like)."""
+
+
+class QueueMissing(BrokerRefused):
+    """The queue to consume does not exist (404): a device queue that expired, say."""
 
 
 class LoginRefused(BrokerRefused):

@@ -75,8 +75,14 @@ class SendLedger:
             )
         return self._add(Outgoing(str(uuid.uuid4()), body, TYPE_SEND, REPLY_TO))
 
-    def new_receipt(self, message_id: str, to: str, status: ReceiptStatus) -> Outgoing:
-        body = encode(ReceiptRequest.model_construct(message_id=message_id, to=to, status=status))
+    def new_receipt(
+        self, message_id: str, to: str, status: ReceiptStatus, notify_sender: bool = True
+    ) -> Outgoing:
+        body = encode(
+            ReceiptRequest.model_construct(
+                message_id=message_id, to=to, status=status, notify_sender=notify_sender
+            )
+        )
         return self._add(Outgoing(str(uuid.uuid4()), body, TYPE_RECEIPT, None))
 
     def _add(self, outgoing: Outgoing) -> Outgoing:

@@ -82,12 +82,19 @@ class Sender:
         with self._errors():
             return self._collect(list(client_ids), timeout)
 
-    def send_receipt(self, message_id: str, to: str, status: ReceiptStatus = "delivered") -> None:
-        """Tell `to` (the message's sender) that its message `message_id` was delivered/read.
+    def send_receipt(
+        self,
+        message_id: str,
+        to: str,
+        status: ReceiptStatus = "delivered",
+        notify_sender: bool = True,
+    ) -> None:
+        """Tell `to` (the message's sender) that its message `message_id` was delivered/read
+        (`notify_sender` False: a `read` only the reader's devices and the archive learn).
         Fire and forget: the broker confirms in the background; nothing is answered."""
         with self._errors():
             publisher = self._publisher_now(5.0)
-            outgoing = self._ledger.new_receipt(message_id, to, status)
+            outgoing = self._ledger.new_receipt(message_id, to, status, notify_sender)
             with self._failover(5.0):
                 publisher.publish(outgoing)
 

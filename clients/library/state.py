@@ -57,6 +57,10 @@ class StoredSession:
     token: str
     expires_at: datetime
     display_name: str | None = None
+    # The device this login created (protocol.conversations.DeviceInfo); None from a server
+    # without devices, whose clients consume the legacy `inbox.<username>`.
+    device_id: str | None = None
+    device_queue: str | None = None
 
     @property
     def expired(self) -> bool:
@@ -87,6 +91,8 @@ def save_session(paths: Paths, session: StoredSession) -> None:
             "token": session.token,
             "expires_at": session.expires_at.isoformat(),
             "display_name": session.display_name,
+            "device_id": session.device_id,
+            "device_queue": session.device_queue,
         },
         indent=2,
     )
@@ -126,6 +132,8 @@ def load_session(paths: Paths) -> StoredSession | None:
             token=str(data["token"]),
             expires_at=expires_at,
             display_name=data.get("display_name"),
+            device_id=data.get("device_id"),
+            device_queue=data.get("device_queue"),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptState(

@@ -118,7 +118,7 @@ def test_a_batch_larger_than_one_query_is_read_back_whole(history: History):
 
 def test_a_note_to_self_sent_then_arrived_is_one_row_shown_once_and_delivered(history: History):
     sent = history.store_sent("n1", to="alice", text="buy milk", sent_at=T0, client_id="c-n1")
-    assert (sent.status, sent.shown) == ("sent", False)  # `inbox` shows it when it arrives
+    assert (sent.status, sent.shown) == ("accepted", False)  # `inbox` shows it when it arrives
     [arrived] = history.store_received_many(
         [delivered("n1", sender="alice", to="alice", text="buy milk")]
     )

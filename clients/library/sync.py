@@ -1,0 +1,82 @@
+"""Catching up from the archive: what this device missed, after the newest id it has.
+
+A device queue keeps what arrives while the device is away, but only so much (drop-head)
+and only for so long (it expires): on every (re)connect the client asks the archive for
+everything after its cursor (`GET /v1/sync?after=`), stores it (dedupe by id), then consumes
+the queue live. The cursor is the newest id this device took in from the queue or from a
+sync page, kept in the local history; it is not the newest id of the history as a whole,
+because history pages and a chat's first screen bring in newer messages of one
+conversation only, and a cursor moved past the others would skip what they missed.
+
+A device with no cursor yet starts from where the server stands: its local history's newest
+id (a device that ran before there was an archive), or the newest last message of its
+conversations (a new device: older messages are history, paged on demand, not news).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from clients.library.conversations import ConversationsClient
+from clients.library.history import History
+from protocol.conversations import PAGE_LIMIT_MAX, SyncPage
+
+logger = logging.getLogger(__name__)
+
+CURSOR_KEY = "sync_cursor"
+# A sync that pages this often is stopped (200 a page: 100,000 messages); the next connect
+# goes on from where it stopped.
+MAX_PAGES = 500
+
+
+def newest(ids: Sequence[str]) -> str | None:
+    """The greatest id (server ids sort by time as text)."""
+    return max(ids) if ids else None
+
+
+class Syncer:
+    def __init__(self, api: ConversationsClient, history: History) -> None:
+        self._api = api
+        self._history = history
+
+    def cursor(self) -> str | None:
+        """Where the next sync starts, set on first use (see the module's docstring)."""
+        cursor = self._history.state(CURSOR_KEY)
+        if cursor is not None:
+            return cursor
+        cursor = self._history.newest_id()
+        if cursor is None:
+            lasts = [s.last_message for s in self._api.conversations() if s.last_message]
+            # Kept as history (already shown): `conversations` works offline from them.
+            self._history.store_received_many(lasts, shown=True)
+            cursor = newest([m.id for m in lasts])
+        if cursor is not None:
+            self._history.advance_state(CURSOR_KEY, cursor)
+        return cursor
+
+    def run(self, on_page: Callable[[SyncPage], None]) -> int:
+        """Fetch every page after the cursor; `on_page` stores it, then the cursor moves.
+        Returns how many messages came."""
+        after = self.cursor()
+        count = 0
+        for _ in range(MAX_PAGES):
+            page = self._api.sync(after, limit=PAGE_LIMIT_MAX)
+            on_page(page)
+            count += len(page.messages)
+            last = newest([m.id for m in page.messages])
+            if last is not None:
+                self._history.advance_state(CURSOR_KEY, last)
+                after = max(after, last) if after else last
+            if not page.has_more or last is None:
+                break
+        else:
+            logger.warning("stopped syncing after %d pages; the next connect goes on", MAX_PAGES)
+        return count
+
+
+def advance_cursor(history: History, ids: Sequence[str]) -> None:
+    """Live messages stored: the cursor moves past them (no server involved)."""
+    last = newest(ids)
+    if last is not None:
+        history.advance_state(CURSOR_KEY, last)
