@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from clients.cli.completion import complete_peer
-from clients.cli.context import cli_of, logged_in
+from clients.cli.context import DELETED_USER, Cli, cli_of, logged_in
 from clients.cli.conversation import peer_name
 from clients.cli.edge import EXIT_CODES_HELP, error_line
 from clients.cli.output import NameLookup, Painter, clean, message_line, person
-from clients.cli.receiving import Receiver
+from clients.cli.receiving import Receiver, read_receipts
 from clients.cli.sending import (
     ANSWER_TIMEOUT,
     explain_rejection,
@@ -35,13 +35,20 @@ from clients.cli.sending import (
 )
 from clients.library.connection import FOREVER, Connection
 from clients.library.consumer import InboxConsumer
+from clients.library.conversations import ConversationsClient
+from clients.library.devices import DeviceFeed
 from clients.library.errors import (
+    AccountDeleted,
+    AuthenticationFailed,
     InvalidInput,
     MessageRejected,
     MessengerError,
     NotConfirmed,
+    NotFound,
 )
 from clients.library.history import History, StoredMessage
+from clients.library.pages import fill_recent
+from clients.library.receipts import ReadReceipts
 from clients.library.sender import Sender
 
 if TYPE_CHECKING:
@@ -54,7 +61,7 @@ QUIT_COMMANDS = {"/quit", "/exit", "/q"}
 HEADER_HINT = "Enter sends · /quit or Ctrl-D leaves"
 HELP_LINE = (
     f"{HEADER_HINT} · /help shows this · a line starting with // sends it with one /"
-    " · ✓ sent: the server accepted it · ✓✓ delivered to their device"
+    " · ✓ accepted by the server · ✓✓ delivered to their device · ✓✓ read: they saw it"
 )
 
 
@@ -88,12 +95,15 @@ class ChatScreen:
         self.line(line)
 
     def delivered(self, message: StoredMessage) -> None:
+        """A receipt moved one of our messages on: `✓✓ delivered` or `✓✓ read` (a read
+        covers the earlier ones too: one line names the newest)."""
         if message.recipient != self.peer:
             return
         preview = clean(message.text).replace("\n", " ")
         if len(preview) > 40:
             preview = preview[:39] + "…"
-        self.line(self.paint(f"        ✓✓ delivered: {preview}", "green"))
+        color = "blue" if message.status == "read" else "green"
+        self.line(self.paint(f"        ✓✓ {message.status}: {preview}", color))
 
     def problem(self, message: str, hint: str | None = None) -> None:
         self.line(error_line(message, hint, prefix="✗"))
@@ -145,27 +155,33 @@ class ChatSender(threading.Thread):
 
 
 class ChatConsumer(threading.Thread):
-    """Consumes the inbox until stopped, through outages; ends on a refusal."""
+    """Consumes this device's queue until stopped, through outages (syncing from the archive
+    at each connect); ends on a refusal. Marks read what the chat shows (the backlog first)."""
 
     def __init__(
         self,
-        inbox: InboxConsumer,
+        feed: DeviceFeed,
         receipts: Sender,
         close: Callable[[], None],
         history: History,
         screen: ChatScreen,
         on_failure: Callable[[MessengerError], None],
+        reads: ReadReceipts | None = None,
+        backlog: list[StoredMessage] | None = None,
     ) -> None:
         super().__init__(name="chat-consumer", daemon=True)
-        self._inbox = inbox
+        self._feed = feed
         self._close = close
         self._screen = screen
         self._on_failure = on_failure
+        self._reads = reads
+        self._backlog = backlog or []
         self._receiver = Receiver(
             history,
             show=screen.message,
             send_receipt=lambda message_id, sender: receipts.send_receipt(message_id, sender),
             on_delivered=screen.delivered,
+            reads=reads,
         )
 
     @classmethod
@@ -175,19 +191,43 @@ class ChatConsumer(threading.Thread):
         history: History,
         screen: ChatScreen,
         on_failure: Callable[[MessengerError], None],
+        *,
+        api: ConversationsClient | None = None,
+        device_queue: str | None = None,
+        on_queue: Callable[[str], object] | None = None,
+        backlog: list[StoredMessage] | None = None,
     ) -> ChatConsumer:
         inbox = InboxConsumer(connection)
         receipts = Sender(connection, interrupt=inbox.stopping)
-        return cls(inbox, receipts, connection.close, history, screen, on_failure)
+        feed = DeviceFeed(
+            inbox,
+            connection,
+            history,
+            api,
+            device_queue,
+            on_queue=on_queue,
+            on_sync_failed=lambda error: (
+                screen.problem(
+                    f"could not catch up from the server's history ({error})", error.hint
+                )
+                if "keeps no history" not in str(error)
+                else None
+            ),
+        )
+        reads = read_receipts(history, api, receipts) if api is not None else None
+        return cls(feed, receipts, connection.close, history, screen, on_failure, reads, backlog)
 
     def stop(self) -> None:
-        self._inbox.stop()
+        self._feed.stop()
 
     def run(self) -> None:
         try:
-            self._inbox.run(
+            if self._reads is not None and self._backlog:
+                self._reads.shown(self._backlog)  # what the chat opened with was seen
+            self._feed.run(
                 self._receiver.on_messages,
                 self._receiver.on_receipt,
+                self._receiver.on_synced,
                 give_up_after=FOREVER,
                 on_lost=self._lost,
                 on_back=lambda: self._screen.line(self._screen.paint("reconnected", "dim")),
@@ -252,16 +292,25 @@ def chat(
                 "chat needs a terminal",
                 hint="in scripts, use `messenger send` and `messenger listen`",
             )
-        with cli.accounts() as accounts:  # a clear error for a typo, before the screen opens
-            user = accounts.user(peer, token=session.token)
-        names.remember(user.username, user.display_name)
+        session = cli.with_device(session)
+        display_name = _peer_display_name(cli, session.token, peer)
+        names.remember(peer, display_name)
         meta = cli.meta()
+        api = cli.conversations(session)
         paint = Painter.for_stream(sys.stdout)
         screen = ChatScreen(session.username, peer, names, paint)
         prompt = ChatPrompt(session.username, paint)
-        for message in history.conversation(peer, BACKLOG):  # history first
+        try:
+            fill_recent(api, history, peer, BACKLOG)  # the last messages, from the server
+        except (AuthenticationFailed, NotFound):
+            raise
+        except MessengerError as exc:
+            if "keeps no history" not in str(exc):
+                screen.problem(f"showing the local history only ({exc})")
+        backlog = history.conversation(peer, BACKLOG)
+        for message in backlog:  # history first
             screen.message(message)
-        title = f"── Chat with {person(peer, user.display_name)} · {HEADER_HINT} ──"
+        title = f"── Chat with {person(peer, display_name)} · {HEADER_HINT} ──"
         screen.line(paint(title, "dim"))
         receiving = cli.broker(session, meta)
         try:
@@ -270,7 +319,16 @@ def chat(
             receiving.close()
             raise
         # From here on each thread closes its own connection when it ends.
-        consumer = ChatConsumer.on(receiving, history, screen, on_failure=prompt.end)
+        consumer = ChatConsumer.on(
+            receiving,
+            history,
+            screen,
+            on_failure=prompt.end,
+            api=api,
+            device_queue=session.device_queue,
+            on_queue=lambda queue: cli.save_device(session, None, queue),
+            backlog=backlog,
+        )
         sender = ChatSender(sending, history, screen)
         with patch_stdout(raw=True):
             consumer.start()
@@ -283,6 +341,16 @@ def chat(
                 consumer.join(timeout=5)
         if prompt.failure is not None:
             raise prompt.failure
+
+
+def _peer_display_name(cli: Cli, token: str, peer: str) -> str:
+    """A clear error for a typo, before the screen opens; a deleted account is still a
+    conversation (its messages stay), shown as a deleted user."""
+    try:
+        with cli.accounts() as accounts:
+            return accounts.user(peer, token=token).display_name
+    except AccountDeleted:
+        return DELETED_USER
 
 
 def _converse(prompt: ChatPrompt, sender: ChatSender, screen: ChatScreen) -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import typer
 
 from clients.library.accounts import AccountsClient
 from clients.library.connection import Connection
+from clients.library.conversations import ConversationsClient
 from clients.library.errors import (
+    AccountDeleted,
     AuthenticationFailed,
     LoginRefused,
     MessengerError,
@@ -23,11 +25,13 @@ from clients.library.errors import (
 )
 from clients.library.history import History
 from clients.library.messaging import MessengerConnection
-from clients.library.state import Paths, StoredSession, load_session
+from clients.library.state import Paths, StoredSession, load_session, save_session
 from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+# How a person whose account is gone is shown (the server answers 410 for their name).
+DELETED_USER = "deleted user"
 NAME_LOOKUP_TIMEOUT = 3.0
 
 
@@ -71,6 +75,37 @@ class Cli:
                 hint=f"log in again with `messenger login {session.username}`",
             )
         return session
+
+    def conversations(self, session: StoredSession) -> ConversationsClient:
+        """The server's history API (and account calls) with the session's token."""
+        return ConversationsClient(self.server, session.token)
+
+    def with_device(self, session: StoredSession) -> StoredSession:
+        """The session with its device: a session file written before devices existed asks
+        the server once (`GET /v1/sessions/current`) and keeps the answer."""
+        if session.device_queue is not None:
+            return session
+        try:
+            with self.conversations(session) as api:
+                device = api.device()
+        except AuthenticationFailed:
+            raise
+        except MessengerError:
+            return session
+        if device is None:
+            return session
+        return self.save_device(session, device.device_id, device.device_queue)
+
+    def save_device(
+        self, session: StoredSession, device_id: str | None, device_queue: str
+    ) -> StoredSession:
+        """Keep the session's device (queue) in the session file."""
+        updated = replace(
+            session, device_id=device_id or session.device_id, device_queue=device_queue
+        )
+        save_session(self.paths, updated)
+        self._session = updated
+        return updated
 
     def history(self, session: StoredSession) -> History:
         return History(self.paths.history_file(session.username), session.username)
@@ -142,6 +177,8 @@ class Names:
         try:
             with self._cli.accounts(timeout=NAME_LOOKUP_TIMEOUT) as accounts:
                 user = accounts.user(username, token=self._token)
+        except AccountDeleted:
+            return DELETED_USER  # not cached: the name may be taken again after the hold
         except NotFound:
             return None
         except MessengerError:

@@ -1,4 +1,5 @@
-"""`messenger history USERNAME`: a conversation from the local history, oldest first."""
+"""`messenger history USERNAME`: a conversation, oldest first, from the local history filled
+from the server's where it lacks pages (clients/library/pages.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from clients.cli.completion import complete_peer
 from clients.cli.context import NAME_LOOKUP_TIMEOUT, Cli, cli_of, logged_in
 from clients.cli.edge import EXIT_CODES_HELP
 from clients.cli.output import Painter, err, json_line, message_line, out
-from clients.library.errors import InvalidInput, MessengerError, NotFound
+from clients.library.errors import (
+    AuthenticationFailed,
+    HistoryUnavailable,
+    InvalidInput,
+    MessengerError,
+    NotFound,
+)
+from clients.library.history import History
+from clients.library.pages import fill_back, fill_recent
+from clients.library.state import StoredSession
 from protocol.accounts import check_username
 
 app = typer.Typer()
+
+RECENT = 50  # without --limit, the newest page of a conversation with no local copy
 
 
 def peer_name(username: str) -> str:
@@ -35,15 +47,17 @@ def history(
         int | None, typer.Option("--limit", "-n", min=1, help="Only the last N messages.")
     ] = None,
 ) -> None:
-    """Your conversation with USERNAME from the local history, oldest first.
+    """Your conversation with USERNAME, oldest first: the local history, completed from the
+    server where it lacks messages (a new device pages back through everything).
 
-    What you sent shows ✓ sent or ✓✓ delivered; receipts are picked up whenever inbox, listen
-    or chat runs. No messages: says so on stderr (exit 0), or that there is no such user
-    (exit 1).
+    What you sent shows ✓ accepted, ✓✓ delivered or ✓✓ read (--json: `status`); receipts
+    are picked up whenever inbox, listen or chat runs. No messages: says so on stderr
+    (exit 0), or that there is no such user (exit 1).
     """
     cli = cli_of(ctx)
     peer = peer_name(username)
     with logged_in(cli) as (session, history, names):
+        _fill(cli, session, history, peer, limit)
         messages = history.conversation(peer, limit)
         if not messages:
             _no_conversation(cli, session.token, peer)
@@ -55,6 +69,24 @@ def history(
         paint = Painter.for_stream(sys.stdout)
         for message in messages:
             out(message_line(message, me=session.username, names=names, paint=paint))
+
+
+def _fill(cli: Cli, session: StoredSession, history: History, peer: str, limit: int | None) -> None:
+    """Complete the local copy from the server; without it, say so and go on with what is
+    here (an older server without history: silently)."""
+    try:
+        with cli.conversations(session) as api:
+            fill_recent(api, history, peer, limit or RECENT)
+            fill_back(api, history, peer, limit)
+    except (AuthenticationFailed, InvalidInput):
+        raise
+    except NotFound:
+        return  # no such user: the empty local history says it below
+    except HistoryUnavailable as exc:
+        if "keeps no history" not in str(exc):
+            err(f"Showing the local history only: {exc}.")
+    except MessengerError as exc:
+        err(f"Showing the local history only: {exc}.")
 
 
 def _no_conversation(cli: Cli, token: str, peer: str) -> None:

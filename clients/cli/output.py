@@ -30,7 +30,7 @@ _CODES = {
     "cyan": "36",
 }
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STATUS_MARK = {"queued": "…", "sent": "✓", "delivered": "✓✓", "received": ""}
+_STATUS_MARK = {"queued": "…", "accepted": "✓", "delivered": "✓✓", "read": "✓✓", "received": ""}
 
 
 def wants_color(stream: IO[str], environ: dict[str, str] | None = None) -> bool:
@@ -125,6 +125,8 @@ def status_mark(status: str, paint: Painter) -> str:
     mark = _STATUS_MARK.get(status, "")
     if status == "delivered":
         return paint(f"{mark} delivered", "green")
+    if status == "read":
+        return paint(f"{mark} read", "blue")
     if status == "queued":
         return paint(f"{mark} queued", "yellow")
     return paint(f"{mark} {status}", "dim")

@@ -41,6 +41,9 @@ class ConversationsClient(AccountsClient):
         super().__init__(base_url, **options)
         self.token = token
 
+    def __enter__(self) -> ConversationsClient:
+        return self
+
     # -- history ---------------------------------------------------------------------------
 
     def conversations(self) -> list[ConversationSummary]:

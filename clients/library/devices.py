@@ -72,7 +72,7 @@ class DeviceFeed:
         api: ConversationsClient | None,
         device_queue: str | None,
         *,
-        on_queue: Callable[[str], None] | None = None,
+        on_queue: Callable[[str], object] | None = None,
         on_sync_failed: Callable[[MessengerError], None] | None = None,
     ) -> None:
         self.inbox = inbox

@@ -396,6 +396,25 @@ class History:
             ).fetchone()
         return None if row is None or row["id"] is None else str(row["id"])
 
+    def newest_id_with(self, peer: str) -> str | None:
+        """The greatest message id of the conversation with `peer`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(id) AS id FROM messages WHERE (sender = :me AND recipient = :peer)"
+                " OR (sender = :peer AND recipient = :me)",
+                {"me": self.owner, "peer": peer},
+            ).fetchone()
+        return None if row is None or row["id"] is None else str(row["id"])
+
+    def count(self, peer: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE (sender = :me AND recipient = :peer)"
+                " OR (sender = :peer AND recipient = :me)",
+                {"me": self.owner, "peer": peer},
+            ).fetchone()
+        return int(row[0])
+
     def get(self, message_id: str) -> StoredMessage | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()

@@ -14,7 +14,7 @@ import pytest
 from clients.cli.chat import ChatConsumer, ChatScreen
 from clients.cli.output import Painter
 from clients.library.connection import FOREVER
-from clients.library.consumer import InboxConsumer
+from clients.library.devices import DeviceFeed
 from clients.library.errors import BrokerRefused, BrokerUnreachable, MessengerError
 from clients.library.history import History
 from clients.library.sender import Sender
@@ -33,7 +33,7 @@ def message(text: str) -> DeliveredMessage:
 
 
 class FakeInbox:
-    """Stands in for the library's InboxConsumer: hands over `batches`, with the broker lost
+    """Stands in for the library's DeviceFeed: hands over `batches`, with the broker lost
     and back between two of them, then raises `then` or waits for stop()."""
 
     def __init__(
@@ -48,6 +48,7 @@ class FakeInbox:
         self,
         on_messages: Callable[[list[DeliveredMessage]], None],
         on_receipt=None,
+        on_synced=None,
         *,
         give_up_after: float,
         on_lost: Callable[[MessengerError], None],
@@ -80,7 +81,7 @@ def chat_consumer(
     inbox: FakeInbox, receipts: FakeReceipts, closed: list[bool], history, screen, failures
 ):
     return ChatConsumer(
-        cast(InboxConsumer, inbox),
+        cast(DeviceFeed, inbox),
         cast(Sender, receipts),
         lambda: closed.append(True),
         history,
