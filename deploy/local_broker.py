@@ -492,4 +492,4 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 def service_passwords() -> dict[str, str]:
     """Fresh random passwords for the broker's service accounts of one local run."""
-    return {"relay": secrets.token_urlsafe(24), "auth": secrets.token_urlsafe(24)}
+    return {name: secrets.token_urlsafe(24) for name in ("relay", "auth", "archive")}

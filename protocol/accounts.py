@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field
 from protocol.wire import WireModel
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
-RESERVED_USERNAMES = frozenset({"guest", "admin", "relay", "auth", "system"})
+RESERVED_USERNAMES = frozenset({"guest", "admin", "relay", "auth", "archive", "system"})
 DISPLAY_NAME_MAX = 64
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024

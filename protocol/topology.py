@@ -67,6 +67,14 @@ def device_queue(username: str, device_id: str) -> str:
     return f"{DEVICE_PREFIX}{username}.{device_id}"
 
 
+def carbon_key(username: str) -> str:
+    """The `inbox` routing key of copies meant for `username`'s own devices only (carbons of
+    what they sent, their own read receipts). Device queues are bound with it as well as with
+    `username`; legacy inboxes and anchors are not, so a client that still consumes
+    `inbox.<name>` never sees them. `/` cannot occur in a username."""
+    return f"{username}/carbon"
+
+
 def outbox_queue(shard: int) -> str:
     return f"relay.outbox.{shard}"
 

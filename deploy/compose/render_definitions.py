@@ -1,11 +1,11 @@
 """Render the broker's definitions.json with hashes of this deployment's service passwords.
 
 deploy/rabbitmq/definitions.json carries hashes of the documented *local* defaults
-(`relay-dev-password`, `auth-dev-password`). docker compose runs this module once before the
-broker starts (service `broker-init`): it reads that very file, replaces each service
-account's hash with a fresh salted hash of the password found in the environment, and writes
-the result into a volume that only the broker mounts. Passwords therefore live in the
-environment of the running deployment, never in an image or in the repository.
+(`relay-dev-password`, `auth-dev-password`, `archive-dev-password`). docker compose runs
+this module once before the broker starts (service `broker-init`): it reads that very file,
+replaces each service account's hash with a fresh salted hash of the password found in the
+environment, and writes the result into a volume that only the broker mounts. Passwords
+therefore live in the environment of the running deployment, never in an image or in the repository.
 
     python -m deploy.compose.render_definitions --output /var/lib/messenger/broker/definitions.json
 
@@ -32,14 +32,19 @@ from protocol.topology import VHOST
 logger = logging.getLogger(__name__)
 
 # Service account -> the environment variable that holds its password.
-PASSWORD_ENV = {"relay": "MESSENGER_RELAY_PASSWORD", "auth": "MESSENGER_AUTH_PASSWORD"}
+PASSWORD_ENV = {
+    "relay": "MESSENGER_RELAY_PASSWORD",
+    "auth": "MESSENGER_AUTH_PASSWORD",
+    "archive": "MESSENGER_ARCHIVE_PASSWORD",
+}
 # Set only by the management overlay (deploy/compose/management.yaml).
 ADMIN_PASSWORD_ENV = "MESSENGER_BROKER_ADMIN_PASSWORD"
 ADMIN_USER = "admin"
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 DEFAULT_TEMPLATE = CONFIG_DIR / "definitions.json"
-# The queues of definitions.json (outbox shards, relay.dead): classic on one node, quorum on
-# a cluster (deploy/local_cluster.py, compose's `cluster` profile). Same file, another type.
+# The queues of definitions.json (outbox shards, relay.dead, archive.ingest): classic on one
+# node, quorum on a cluster (deploy/local_cluster.py, compose's `cluster` profile). Same file,
+# another type.
 QUEUE_TYPES = ("classic", "quorum")
 
 

@@ -9,6 +9,7 @@ import logging
 import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -20,8 +21,10 @@ from pydantic import ValidationError
 from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
 from services.auth.accounts import Accounts
+from services.auth.archive_gateway import ArchiveGateway
 from services.auth.broker_api import create_broker_app
 from services.auth.broker_key import RequireKey
+from services.auth.errors import BrokerUnavailable
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
@@ -67,6 +70,8 @@ def serve() -> None:
     configure_logging(settings.log_level)
     store = _store(settings)
     inboxes = BrokerInboxes.from_settings(settings)
+    key = settings.archive_key.get_secret_value() if settings.archive_key is not None else None
+    archive = ArchiveGateway(settings.archive_url, key, settings.archive_timeout_seconds)
     accounts = Accounts(
         store=store,
         hashing=PasswordHashing.from_settings(settings),
@@ -77,6 +82,8 @@ def serve() -> None:
         ),
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,
+        deleted_name_hold_seconds=settings.deleted_name_hold_days * 24 * 3600,
+        forget_archive=archive.forget_user,
     )
     amqp_urls = [amqp_url_with_vhost(url, settings.vhost) for url in settings.client_amqp_urls()]
     meta = Meta(
@@ -85,7 +92,7 @@ def serve() -> None:
         amqp_urls=amqp_urls,
         vhost=settings.vhost,
     )
-    public = create_public_app(accounts, meta, settings.max_body_bytes)
+    public = create_public_app(accounts, meta, settings.max_body_bytes, archive)
     add_web_client(public, settings.web_dir, settings.web_stomp_urls)
     broker: object = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
     if settings.broker_api_key is not None:
@@ -105,9 +112,20 @@ def serve() -> None:
         settings.broker_api_port,
         " (behind its key)" if settings.broker_api_key is not None else "",
     )
+    sweeping = threading.Event()
+    sweeper = threading.Thread(
+        target=_sweep_sessions,
+        args=(accounts, settings.session_sweep_seconds, sweeping),
+        name="session-sweep",
+        daemon=True,
+    )
+    sweeper.start()
     try:
         asyncio.run(_serve_all(servers))
     finally:
+        sweeping.set()
+        sweeper.join(timeout=5)
+        archive.close()
         inboxes.close()
         store.close()
     if not all(server.started for server in servers):
@@ -164,6 +182,39 @@ def import_(
         raise typer.Exit(2)
     if counts[Outcome.INVALID]:
         raise typer.Exit(1)
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the broker's per-user queues up to date (idempotent; `make run` and compose run
+    it at every start): an anchor `user.<name>` for every user; with legacy inboxes off,
+    each `inbox.<name>` is unbound, and deleted when empty (a non-empty one stays for its
+    owner's client to drain)."""
+    settings = _settings()
+    configure_logging("WARNING")
+    store = _store(settings)
+    inboxes = BrokerInboxes.from_settings(settings)
+    try:
+        report = inboxes.migrate(user.username for user in store.all_users())
+    except BrokerUnavailable as exc:
+        typer.echo(f"error: {exc}; is the broker running at {_nodes(settings)}?", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        inboxes.close()
+        store.close()
+    typer.echo(
+        f"{report.anchors} anchors, {report.unbound} legacy inboxes unbound "
+        f"({report.deleted} empty ones deleted, {report.kept} kept for their owners to drain)"
+    )
+
+
+def _sweep_sessions(accounts: Accounts, every: float, stop: threading.Event) -> None:
+    """Expired sessions go, and with them their device queues, every `every` seconds."""
+    while not stop.wait(every):
+        try:
+            accounts.sweep_expired_sessions()
+        except Exception:  # a sweep failing must not end the sweeping
+            logger.exception("the session sweep failed")
 
 
 def _nodes(settings: AuthSettings) -> str:

@@ -7,13 +7,24 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from protocol.accounts import Session, SignupRequest, UserPublic
+from protocol.accounts import SignupRequest, UserPublic
+from protocol.conversations import AccountSettings, CurrentSession, SessionCreated
+from protocol.topology import device_queue, new_device_id
 from services.auth import permissions
-from services.auth.errors import InvalidCredentials, RateLimited, UnknownUser, UsernameTaken
+from services.auth.errors import (
+    AccountDeleted,
+    BrokerUnavailable,
+    InvalidCredentials,
+    NameHeld,
+    RateLimited,
+    UnknownUser,
+    UsernameTaken,
+    WrongPassword,
+)
 from services.auth.hashing import PasswordHashing
 from services.auth.inboxes import Inboxes
 from services.auth.ratelimit import LoginLimiter
-from services.auth.store import Store, UserRecord
+from services.auth.store import SessionRecord, Store, UserRecord
 from services.auth.tokens import new_token, token_hash
 
 logger = logging.getLogger(__name__)
@@ -28,6 +39,8 @@ class Accounts:
         inboxes: Inboxes,
         token_ttl_seconds: int,
         clock: Callable[[], float] = time.time,
+        deleted_name_hold_seconds: float = 30 * 24 * 3600,
+        forget_archive: Callable[[str], None] = lambda username: None,
     ) -> None:
         self.store = store
         self.hashing = hashing
@@ -35,12 +48,16 @@ class Accounts:
         self.inboxes = inboxes
         self.token_ttl_seconds = token_ttl_seconds
         self._clock = clock
+        self.deleted_name_hold_seconds = deleted_name_hold_seconds
+        # Removes a deleted user's own data from the archive; raises when it cannot.
+        self._forget_archive = forget_archive
 
     def sign_up(self, request: SignupRequest) -> UserPublic:
         """Create the user. The inbox is declared first: when the broker is down this raises
         BrokerUnavailable and no user row is written."""
         if self.store.get_user(request.username) is not None:
             raise UsernameTaken(request.username)
+        self._check_not_held(request.username)
         password_hash = self.hashing.hash(request.password)
         self.inboxes.declare(request.username)
         record = UserRecord(request.username, request.display_name, password_hash, self._clock())
@@ -49,9 +66,10 @@ class Accounts:
         logger.info("signed up %s", request.username)
         return UserPublic(username=record.username, display_name=record.display_name)
 
-    def log_in(self, username: str, password: str, address: str | None) -> Session:
-        """A new session for the right password. Unknown user and wrong password raise the
-        same InvalidCredentials after about the same time; RateLimited while limited."""
+    def log_in(self, username: str, password: str, address: str | None) -> SessionCreated:
+        """A new session, and its device queue, for the right password. Unknown user and
+        wrong password raise the same InvalidCredentials after about the same time;
+        RateLimited while limited; BrokerUnavailable when the device queue cannot be made."""
         retry_after = self.limiter.retry_after(username, address)
         if retry_after is not None:
             logger.warning("login for %r from %s refused: rate-limited", username, address)
@@ -61,24 +79,105 @@ class Accounts:
         token = new_token()
         now = self._clock()
         expires_at = now + self.token_ttl_seconds
-        self.store.delete_expired_sessions(now)
-        self.store.add_session(token_hash(token), username, expires_at)
+        device_id = new_device_id()
+        queue = self.inboxes.declare_device(username, device_id)
+        self.store.add_session(token_hash(token), username, expires_at, device_id)
         logger.info("%s logged in from %s", username, address)
-        return Session(token=token, expires_at=datetime.fromtimestamp(expires_at, UTC))
+        return SessionCreated(
+            token=token,
+            expires_at=datetime.fromtimestamp(expires_at, UTC),
+            device_id=device_id,
+            device_queue=queue,
+        )
 
     def log_out(self, token: str) -> None:
-        if not self.store.delete_session(token_hash(token)):
+        """Revoke the session and delete its device queue (with what it still held)."""
+        session = self.store.take_session(token_hash(token))
+        if session is None:
             raise InvalidCredentials()
-        logger.info("a session was revoked")
+        self._delete_device(session)
+        logger.info("a session of %s was revoked", session.username)
+
+    def sweep_expired_sessions(self) -> int:
+        """Delete expired sessions and their device queues; how many sessions went."""
+        expired = self.store.take_expired_sessions(self._clock())
+        for session in expired:
+            try:
+                self._delete_device(session)
+            except BrokerUnavailable:  # x-expires removes it later in any case
+                logger.warning("could not delete an expired device queue of %s", session.username)
+        if expired:
+            logger.info("swept %d expired sessions", len(expired))
+        return len(expired)
 
     def session_user(self, token: str) -> str | None:
         return self.store.session_user(token_hash(token), self._clock())
 
+    def current_session(self, token: str) -> CurrentSession:
+        session, user = self._session(token)
+        device_id = session.device_id or ""
+        return CurrentSession(
+            username=user.username,
+            display_name=user.display_name,
+            device_id=device_id,
+            device_queue=device_queue(user.username, device_id) if device_id else "",
+            expires_at=datetime.fromtimestamp(session.expires_at, UTC),
+        )
+
+    def redeclare_device(self, token: str) -> str:
+        """Declare this session's device queue again (it expired, or was lost); its name.
+        A session from before devices gets a device now."""
+        session, user = self._session(token)
+        device_id = session.device_id
+        if not device_id:
+            raise InvalidCredentials()
+        return self.inboxes.declare_device(user.username, device_id)
+
+    def settings(self, token: str) -> AccountSettings:
+        _, user = self._session(token)
+        return AccountSettings(read_receipts=self.store.read_receipts(user.username))
+
+    def change_settings(self, token: str, settings: AccountSettings) -> AccountSettings:
+        _, user = self._session(token)
+        self.store.set_read_receipts(user.username, settings.read_receipts)
+        return settings
+
+    def delete_account(self, token: str, password: str) -> None:
+        """Remove the account: its archive (read state, notes to self), every device queue,
+        its anchor, sessions, settings; then hold the name. WrongPassword when the password
+        is not the account's (nothing changed). The archive goes first: if it cannot be
+        reached this raises and nothing is changed."""
+        _, user = self._session(token)
+        ok, _ = self.hashing.verify(user.password_hash, password)
+        if not ok:
+            self.limiter.record_failure(user.username, None)
+            raise WrongPassword()
+        self._forget_archive(user.username)
+        for each in self.store.user_sessions(user.username):
+            self._delete_device(each)
+        self.inboxes.delete_user(user.username)
+        now = self._clock()
+        self.store.delete_user(user.username, now, now + self.deleted_name_hold_seconds)
+        logger.info("deleted the account %s", user.username)
+
     def user(self, username: str) -> UserPublic:
         record = self.store.get_user(username)
         if record is None:
+            if self.store.deleted_name(username) is not None:
+                raise AccountDeleted(username)
             raise UnknownUser(username)
         return UserPublic(username=record.username, display_name=record.display_name)
+
+    def display_name(self, username: str) -> str | None:
+        """A user's display name; None for a deleted (or unknown) one."""
+        record = self.store.get_user(username)
+        return record.display_name if record is not None else None
+
+    def known_name(self, username: str) -> bool:
+        """A user, or a deleted account whose conversations stay in others' history."""
+        if self.store.get_user(username) is not None:
+            return True
+        return self.store.deleted_name(username) is not None
 
     def broker_login(self, username: str, secret: str) -> bool:
         """Whether RabbitMQ may let `username` in with `secret`: a live session token of
@@ -97,6 +196,25 @@ class Accounts:
             return False
         logger.info("broker login as %s with the password", username)
         return True
+
+    def _session(self, token: str) -> tuple[SessionRecord, UserRecord]:
+        session = self.store.session(token_hash(token), self._clock())
+        user = self.store.get_user(session.username) if session is not None else None
+        if session is None or user is None:
+            raise InvalidCredentials()
+        return session, user
+
+    def _delete_device(self, session: SessionRecord) -> None:
+        if session.device_id:
+            self.inboxes.delete_device(device_queue(session.username, session.device_id))
+
+    def _check_not_held(self, username: str) -> None:
+        held = self.store.deleted_name(username)
+        if held is None:
+            return
+        if held[1] > self._clock():
+            raise NameHeld(username, held[1])
+        self.store.release_name(username)
 
     def _check_password(self, username: str, password: str, address: str | None) -> bool:
         record = self.store.get_user(username)

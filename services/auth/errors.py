@@ -31,3 +31,23 @@ class BrokerUnavailable(AuthError):
 
 class BrokerLoginRefused(BrokerUnavailable):
     """The broker answered, but refused the auth service account's login (wrong password)."""
+
+
+class AccountDeleted(UnknownUser):
+    """The name belonged to an account that was deleted."""
+
+
+class NameHeld(UsernameTaken):
+    """A deleted account's name, not free again until `held_until` (Unix seconds)."""
+
+    def __init__(self, username: str, held_until: float) -> None:
+        super().__init__(username)
+        self.held_until = held_until
+
+
+class WrongPassword(AuthError):
+    """The password given to confirm an action is not the account's."""
+
+
+class ArchiveUnavailable(AuthError):
+    """The archive service (history API) could not be reached or refused the request."""

@@ -47,6 +47,24 @@ class AuthSettings(BrokerSettings):
     public_amqp_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     token_ttl_seconds: int = 7 * 24 * 3600
+    # Expired sessions (and their device queues) are swept this often.
+    session_sweep_seconds: float = 300
+
+    # One queue per device (login): bounded in length (drop-head: an abandoned device never
+    # blocks anybody; it catches up from the archive) and in idle lifetime.
+    device_queue_max_length: int = Field(default=10_000, ge=1)
+    device_queue_idle_days: float = Field(default=30, gt=0)
+    # Also declare and bind the per-user `inbox.<name>` at sign-up, for clients that still
+    # consume it (see docs/operations.md); `messenger-auth migrate` unbinds them when off.
+    legacy_inboxes: bool = True
+    # A deleted account's name cannot be signed up again for this long.
+    deleted_name_hold_days: float = Field(default=30, ge=0)
+
+    # The archive service (history API), proxied under /v1/conversations and /v1/sync; the
+    # shared key proves to it that a request comes from here. No key: no history API.
+    archive_url: str = "http://127.0.0.1:8082"
+    archive_key: SecretStr | None = None
+    archive_timeout_seconds: float = 10
 
     # The web client on the public listener (services/auth/web.py): the built page, and the
     # broker's Web STOMP listener(s) `/ws` is proxied to, tried in turn (each node of a

@@ -31,7 +31,23 @@ CREATE TABLE IF NOT EXISTS sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions(expires_at);
+CREATE TABLE IF NOT EXISTS user_settings (
+    username      TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+    read_receipts INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS deleted_names (
+    username   TEXT PRIMARY KEY,
+    deleted_at REAL NOT NULL,
+    held_until REAL NOT NULL
+);
 """
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    username: str
+    device_id: str | None
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,9 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "device_id" not in columns:  # a store from before devices: sessions had none
+            self._db.execute("ALTER TABLE sessions ADD COLUMN device_id TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -102,13 +121,96 @@ class Store:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def add_session(self, token_hash: str, username: str, expires_at: float) -> None:
+    def add_session(
+        self, token_hash: str, username: str, expires_at: float, device_id: str | None = None
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO sessions (token_hash, username, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?)",
-                (token_hash, username, time.time(), expires_at),
+                "INSERT INTO sessions (token_hash, username, created_at, expires_at, device_id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token_hash, username, time.time(), expires_at, device_id),
             )
+
+    def session(self, token_hash: str, now: float) -> SessionRecord | None:
+        """A live (unexpired) session, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT username, device_id, expires_at FROM sessions"
+                " WHERE token_hash = ? AND expires_at > ?",
+                (token_hash, now),
+            ).fetchone()
+        return SessionRecord(*row) if row else None
+
+    def take_session(self, token_hash: str) -> SessionRecord | None:
+        """Delete a session; what it was, or None when there was none."""
+        with self._lock:
+            row = self._db.execute(
+                "DELETE FROM sessions WHERE token_hash = ? RETURNING username, device_id,"
+                " expires_at",
+                (token_hash,),
+            ).fetchone()
+        return SessionRecord(*row) if row else None
+
+    def take_expired_sessions(self, now: float) -> list[SessionRecord]:
+        """Delete every expired session; what they were (their device queues go next)."""
+        with self._lock:
+            rows = self._db.execute(
+                "DELETE FROM sessions WHERE expires_at <= ? RETURNING username, device_id,"
+                " expires_at",
+                (now,),
+            ).fetchall()
+        return [SessionRecord(*row) for row in rows]
+
+    def user_sessions(self, username: str) -> list[SessionRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT username, device_id, expires_at FROM sessions WHERE username = ?",
+                (username,),
+            ).fetchall()
+        return [SessionRecord(*row) for row in rows]
+
+    # -- settings and deletion -------------------------------------------------------------
+
+    def read_receipts(self, username: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT read_receipts FROM user_settings WHERE username = ?", (username,)
+            ).fetchone()
+        return bool(row[0]) if row else True
+
+    def set_read_receipts(self, username: str, enabled: bool) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO user_settings (username, read_receipts) VALUES (?, ?)"
+                " ON CONFLICT(username) DO UPDATE SET read_receipts = excluded.read_receipts",
+                (username, int(enabled)),
+            )
+
+    def delete_user(self, username: str, now: float, held_until: float) -> None:
+        """Remove the user (sessions and settings cascade) and hold the name, in one step."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM users WHERE username = ?", (username,))
+            self._db.execute(
+                "INSERT INTO deleted_names (username, deleted_at, held_until) VALUES (?, ?, ?)"
+                " ON CONFLICT(username) DO UPDATE SET deleted_at = excluded.deleted_at,"
+                " held_until = excluded.held_until",
+                (username, now, held_until),
+            )
+            self._db.execute("COMMIT")
+
+    def deleted_name(self, username: str) -> tuple[float, float] | None:
+        """(deleted_at, held_until) of a deleted account's name, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT deleted_at, held_until FROM deleted_names WHERE username = ?",
+                (username,),
+            ).fetchone()
+        return (float(row[0]), float(row[1])) if row else None
+
+    def release_name(self, username: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM deleted_names WHERE username = ?", (username,))
 
     def session_user(self, token_hash: str, now: float) -> str | None:
         """The owner of a live (unexpired) session, or None."""
