@@ -33,7 +33,7 @@ def _checked(check: Callable[[str], str], value: str) -> str:
         raise InvalidInput(str(exc)) from exc
 
 
-def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+def read_password(from_stdin: bool, *, confirm: bool) -> str:
     if from_stdin:
         line = sys.stdin.readline()
         password = line[:-1] if line.endswith("\n") else line
@@ -102,7 +102,7 @@ def signup(
         else:
             display_name = username
     display_name = _checked(check_display_name, display_name.strip())
-    password = _checked(check_password, _read_password(password_stdin, confirm=True))
+    password = _checked(check_password, read_password(password_stdin, confirm=True))
     with cli.accounts() as accounts:
         user = accounts.signup(username, display_name, password)
     try:
@@ -131,7 +131,7 @@ def login(
     """Log in; the session is kept under MESSENGER_HOME, readable by you only."""
     cli = cli_of(ctx)
     username = username.strip()
-    password = _read_password(password_stdin, confirm=False)
+    password = read_password(password_stdin, confirm=False)
     session = _open_session(cli, username, password, None)
     paint = Painter.for_stream(sys.stdout)
     out(

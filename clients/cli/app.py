@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from clients.cli import account, chat, conversation, receiving, sending, users
+from clients.cli import (
+    account,
+    chat,
+    conversation,
+    conversations,
+    deletion,
+    receiving,
+    sending,
+    settings,
+    users,
+)
 from clients.cli.context import DEFAULT_SERVER, Cli
 from clients.cli.edge import EXIT_CODES_HELP
 from clients.library.state import Paths
@@ -47,6 +57,16 @@ def build_app() -> typer.Typer:
     ) -> None:
         ctx.obj = Cli(server_option=server, paths=Paths.from_env())
 
-    for group in (account, sending, receiving, chat, conversation, users):
+    for group in (
+        account,
+        sending,
+        receiving,
+        chat,
+        conversation,
+        conversations,
+        users,
+        settings,
+        deletion,
+    ):
         app.add_typer(group.app)
     return app

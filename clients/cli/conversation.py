@@ -47,8 +47,10 @@ def history(
         int | None, typer.Option("--limit", "-n", min=1, help="Only the last N messages.")
     ] = None,
 ) -> None:
-    """Your conversation with USERNAME, oldest first: the local history, completed from the
-    server where it lacks messages (a new device pages back through everything).
+    """Your conversation with USERNAME, oldest first (filled from the server as needed).
+
+    The local history, completed from the server where it lacks messages: a new device
+    pages back through everything (with --limit N, as far as the last N).
 
     What you sent shows ✓ accepted, ✓✓ delivered or ✓✓ read (--json: `status`); receipts
     are picked up whenever inbox, listen or chat runs. No messages: says so on stderr

@@ -62,6 +62,12 @@ class AccountsClient:
     def signup(self, username: str, display_name: str, password: str) -> UserPublic:
         body = {"username": username, "display_name": display_name, "password": password}
         response = self._request("POST", "/v1/users", json=body)
+        if response.status_code == 409 and "deleted" in (_detail(response) or ""):
+            raise Conflict(
+                f"the username '{username}' belonged to an account deleted recently and"
+                " cannot be taken yet",
+                hint="pick another one",
+            )
         if response.status_code == 409:
             raise Conflict(
                 f"the username '{username}' is taken",
