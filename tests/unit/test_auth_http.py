@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from protocol.accounts import Meta
+from protocol.topology import device_queue
 from services.auth.accounts import Accounts
 from services.auth.broker_api import create_broker_app
 from services.auth.errors import BrokerUnavailable
@@ -51,6 +52,21 @@ class FakeInboxes:
     down = False
 
     def declare(self, username: str) -> None:
+        if self.down:
+            raise BrokerUnavailable("down")
+
+    def declare_device(self, username: str, device_id: str) -> str:
+        if self.down:
+            raise BrokerUnavailable("down")
+        self.devices = [*getattr(self, "devices", []), device_queue(username, device_id)]
+        return device_queue(username, device_id)
+
+    def delete_device(self, queue: str) -> None:
+        if self.down:
+            raise BrokerUnavailable("down")
+        self.deleted = [*getattr(self, "deleted", []), queue]
+
+    def delete_user(self, username: str) -> None:
         if self.down:
             raise BrokerUnavailable("down")
 
