@@ -3,8 +3,8 @@ PostgreSQL.
 
 - `messages`: every message once, by `id`; `seq` is the archive's own order (assigned at
   ingest, strictly increasing), the key of every page. `pair` (the two usernames, sorted,
-  joined by a NUL) makes a conversation one index range: a page of a 100,000-message
-  conversation is one index seek on (pair, seq), whatever the size.
+  joined by a space, which no username holds) makes a conversation one index range: a page
+  of a 100,000-message conversation is one index seek on (pair, seq), whatever the size.
 - `receipts`: delivered/read receipts, once per (message, reader, status); `sender` is the
   original sender (who is told), `notify_sender` false when the reader turned read receipts
   off (then only the reader's devices learn it).
@@ -113,7 +113,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1}
 
 def pair_of(a: str, b: str) -> str:
     """The conversation key of two users, the same from either side."""
-    return "\0".join(sorted((a, b)))
+    return " ".join(sorted((a, b)))
 
 
 def migrate(engine: Engine) -> int:
