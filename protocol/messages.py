@@ -23,6 +23,10 @@ PROTOCOL_HEADER = "messenger-protocol"
 # AMQP header of a send request: the client's clock, Unix milliseconds. With the client's
 # message_id it makes the relay's server id the same when the relay handles a message twice.
 SENT_MS_HEADER = "messenger-sent-ms"
+# AMQP header of a receipt's copy for the archive: 0 when the reader turned read receipts
+# off, so the archive keeps the read state for the reader's devices but never shows it to the
+# original sender.
+NOTIFY_SENDER_HEADER = "messenger-notify-sender"
 
 
 def check_text(value: str) -> str:

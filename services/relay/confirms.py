@@ -22,6 +22,11 @@ class Pending:
     outbox_tag: int
     attempts: int = 1
     returned: bool = False
+    # Copies (routing.Copy) of a confirmed publish: each is a Pending with its `parent`; the
+    # parent is settled when `copies_left` reaches 0.
+    parent: Pending | None = None
+    copies_left: int = 0
+    copied: bool = False
 
 
 class ConfirmTracker:

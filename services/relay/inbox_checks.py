@@ -28,7 +28,7 @@ from pika.adapters.select_connection import SelectConnection
 
 from broker.backoff import backoff_delay
 from broker.errors import queue_missing, reply_code
-from protocol.topology import inbox_queue
+from protocol.topology import user_anchor_queue
 from services.relay.confirms import Pending
 from services.relay.routing import Verdict
 from services.relay.status import Counters
@@ -164,7 +164,7 @@ class RefusedPublishes:
         self._republish(pending)
 
     def _probe(self, recipient: str, done: Callable[[InboxCheck], None]) -> None:
-        """Passive-declare `inbox.<recipient>` on a channel of its own, then call `done`
+        """Passive-declare the anchor `user.<recipient>` on a channel of its own, then `done`
         (within PROBE_TIMEOUT_SECONDS)."""
         waiting = self._probes.get(recipient)
         if waiting is not None:
@@ -190,7 +190,7 @@ class RefusedPublishes:
                 )
 
             channel.add_on_close_callback(on_closed)
-            channel.queue_declare(inbox_queue(recipient), passive=True, callback=on_ok)
+            channel.queue_declare(user_anchor_queue(recipient), passive=True, callback=on_ok)
 
         self._connection.channel(on_open_callback=on_open)
         self._connection.ioloop.call_later(

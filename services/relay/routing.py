@@ -3,9 +3,15 @@
 `route()` turns an `Incoming` (the body and the AMQP properties that matter) into one of
 three outcomes, and `answer_for()` turns the broker's verdict on an inbox publish into the
 answer the sender gets. The worker (worker.py) only decodes, calls these, publishes, acks.
-Checks that come before routing (a sender's rate) or after it (more than one publish per
-message: copies to a sender's other devices, an archive) belong beside these, as pure
-functions the worker calls.
+Checks that come before routing (a sender's rate) belong beside these, as pure functions
+the worker calls.
+
+Copies (`Deliver.copies`): once the main publish is confirmed, the worker publishes each
+copy and acks the outbox message only when all are confirmed too. A message goes to the
+recipient (key = recipient), then as a carbon to the sender's own devices (key =
+carbon_key(sender), unless it is a note to self) and to the archive. A receipt goes to the
+original sender (unless `notify_sender` is false), a `read` one also to the reader's own
+devices, and every receipt to the archive.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from protocol.accounts import is_valid_username
 from protocol.ids import stable_id
 from protocol.messages import (
     MAX_BODY_BYTES,
+    NOTIFY_SENDER_HEADER,
     DeliveredMessage,
     ReceiptNotice,
     ReceiptRequest,
@@ -31,11 +38,14 @@ from protocol.messages import (
     encode,
 )
 from protocol.topology import (
+    ARCHIVE_EXCHANGE,
     CONTENT_TYPE,
+    INBOX_EXCHANGE,
     TYPE_MESSAGE,
     TYPE_RECEIPT,
     TYPE_RECEIPT_NOTICE,
     TYPE_SEND,
+    carbon_key,
 )
 
 MAX_CLIENT_ID_CHARS = 128
@@ -77,8 +87,22 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Copy:
+    """One more publish of the same body, once the main one is confirmed."""
+
+    exchange: str
+    routing_key: str
+    headers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def to_archive(self) -> bool:
+        return self.exchange == ARCHIVE_EXCHANGE
+
+
+@dataclass(frozen=True)
 class Deliver:
-    """Publish `body` to `recipient`'s inbox (mandatory, persistent, confirmed), then answer."""
+    """Publish `body` to `recipient` on `exchange` (mandatory, persistent, confirmed), then
+    its `copies`, then answer."""
 
     recipient: str
     message_id: str
@@ -87,6 +111,9 @@ class Deliver:
     client_id: str | None
     reply_to: str | None
     sent_at: datetime
+    exchange: str = INBOX_EXCHANGE
+    copies: tuple[Copy, ...] = ()
+    headers: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +232,9 @@ def _send(incoming: Incoming, sender: str, now: datetime, new_id: str) -> Delive
         text=request.text,
         sent_at=now,
     )
+    copies = [Copy(ARCHIVE_EXCHANGE, "")]
+    if sender != request.to:  # a note to self is delivered once
+        copies.insert(0, Copy(INBOX_EXCHANGE, carbon_key(sender)))
     return Deliver(
         recipient=request.to,
         message_id=new_id,
@@ -213,6 +243,7 @@ def _send(incoming: Incoming, sender: str, now: datetime, new_id: str) -> Delive
         client_id=client_id,
         reply_to=_reply_to(incoming),
         sent_at=now,
+        copies=tuple(copies),
     )
 
 
@@ -225,15 +256,26 @@ def _receipt(incoming: Incoming, sender: str, now: datetime, new_id: str) -> Out
     notice = ReceiptNotice(
         message_id=request.message_id, reader=sender, status=request.status, at=now
     )
+    archive = Copy(ARCHIVE_EXCHANGE, "", ((NOTIFY_SENDER_HEADER, int(request.notify_sender)),))
+    own_devices = Copy(INBOX_EXCHANGE, carbon_key(sender))
+    copies = [own_devices] if request.status == "read" else []
+    if request.notify_sender:
+        exchange, recipient = INBOX_EXCHANGE, request.to
+        copies.append(archive)
+    else:  # the original sender hears nothing; the archive copy is the main publish
+        exchange, recipient = archive.exchange, archive.routing_key
     # Receipts are not answered: the recipient's client sends them and moves on.
     return Deliver(
-        recipient=request.to,
+        recipient=recipient,
         message_id=new_id,
         type=TYPE_RECEIPT_NOTICE,
         body=encode(notice),
         client_id=None,
         reply_to=None,
         sent_at=now,
+        exchange=exchange,
+        copies=tuple(copies),
+        headers=() if request.notify_sender else archive.headers,
     )
 
 

@@ -16,6 +16,7 @@ connection and the channel, makes one `OutboxWorker` per channel and stops it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -28,7 +29,7 @@ from pika.adapters.select_connection import SelectConnection
 
 from protocol import PROTOCOL_VERSION
 from protocol.messages import PROTOCOL_HEADER, SENT_MS_HEADER
-from protocol.topology import CONTENT_TYPE, INBOX_EXCHANGE, OUTBOX_QUEUES
+from protocol.topology import ARCHIVE_EXCHANGE, CONTENT_TYPE, OUTBOX_QUEUES
 from services.relay.answers import AnswerChannel
 from services.relay.confirms import ConfirmTracker, Pending
 from services.relay.ids import IdGenerator
@@ -162,7 +163,9 @@ class OutboxWorker:
         for pending, verdict in self._confirms.settle(
             method.delivery_tag, multiple=method.multiple, ack=ack
         ):
-            if verdict is Verdict.CONFIRMED:
+            if pending.parent is not None:
+                self._copy_settled(pending, verdict)
+            elif verdict is Verdict.CONFIRMED:
                 self._settle(pending, verdict)
             else:
                 self._refused.refused(pending, verdict)
@@ -173,7 +176,7 @@ class OutboxWorker:
         """Publish to the recipient's inbox (mandatory, persistent); `on_confirm` settles."""
         deliver = pending.deliver
         self._channel.basic_publish(
-            INBOX_EXCHANGE,
+            deliver.exchange,
             deliver.recipient,
             deliver.body,
             pika.BasicProperties(
@@ -182,14 +185,63 @@ class OutboxWorker:
                 message_id=deliver.message_id,
                 type=deliver.type,
                 timestamp=int(deliver.sent_at.timestamp()),
-                headers=_HEADERS,
+                headers={**_HEADERS, **dict(deliver.headers)} if deliver.headers else _HEADERS,
             ),
             mandatory=True,
         )
         self._confirms.track(pending)
 
+    # -- copies: carbons to the sender's devices, the archive (routing.Copy) ------------------
+
+    def _publish_copies(self, pending: Pending) -> None:
+        """The main publish is confirmed: publish its copies; the outbox message is settled
+        once every copy is confirmed too (`_copy_settled`)."""
+        pending.copied = True
+        pending.copies_left = len(pending.deliver.copies)
+        for copy in pending.deliver.copies:
+            deliver = dataclasses.replace(
+                pending.deliver,
+                exchange=copy.exchange,
+                recipient=copy.routing_key,
+                headers=copy.headers,
+                copies=(),
+            )
+            self._deliver(Pending(deliver, pending.outbox_tag, parent=pending))
+
+    def _copy_settled(self, copy: Pending, verdict: Verdict) -> None:
+        """A copy's verdict. An archive copy the broker nacked is published again a second
+        later (the archive must get every accepted message; the outbox message stays unacked
+        meanwhile). A carbon that nobody took (the sender has no device queue) is fine: its
+        devices catch up from the archive."""
+        parent = copy.parent
+        assert parent is not None
+        to_archive = copy.deliver.exchange == ARCHIVE_EXCHANGE
+        if to_archive and verdict is Verdict.NACKED:
+            logger.warning(
+                "the archive copy of %s was nacked; again in 1 s", copy.deliver.message_id
+            )
+            self._connection.ioloop.call_later(1.0, lambda: self._retry_copy(copy))
+            return
+        if to_archive and verdict is Verdict.RETURNED:
+            logger.error(
+                "no queue is bound to the %r exchange: message %s is not archived",
+                ARCHIVE_EXCHANGE,
+                copy.deliver.message_id,
+            )
+        parent.copies_left -= 1
+        if parent.copies_left == 0:
+            self._settle(parent, Verdict.CONFIRMED)
+
+    def _retry_copy(self, copy: Pending) -> None:
+        if self._channel.is_open:  # else the outbox message comes back with the channel
+            copy.attempts += 1
+            self._deliver(copy)
+
     def _settle(self, pending: Pending, verdict: Verdict) -> None:
         """The broker's final word on the publish: count it, answer the sender, ack."""
+        if verdict is Verdict.CONFIRMED and pending.deliver.copies and not pending.copied:
+            self._publish_copies(pending)
+            return
         deliver = pending.deliver
         if verdict is Verdict.CONFIRMED:
             if deliver.reply_to is None and deliver.client_id is None:

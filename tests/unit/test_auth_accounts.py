@@ -7,6 +7,7 @@ import time
 import pytest
 
 from protocol.accounts import SignupRequest
+from protocol.topology import device_queue
 from services.auth.accounts import Accounts
 from services.auth.errors import (
     BrokerUnavailable,
@@ -32,6 +33,21 @@ class FakeInboxes:
         if self.down:
             raise BrokerUnavailable("down")
         self.declared.append(username)
+
+    def declare_device(self, username: str, device_id: str) -> str:
+        if self.down:
+            raise BrokerUnavailable("down")
+        self.devices = [*getattr(self, "devices", []), device_queue(username, device_id)]
+        return device_queue(username, device_id)
+
+    def delete_device(self, queue: str) -> None:
+        if self.down:
+            raise BrokerUnavailable("down")
+        self.deleted = [*getattr(self, "deleted", []), queue]
+
+    def delete_user(self, username: str) -> None:
+        if self.down:
+            raise BrokerUnavailable("down")
 
 
 def cheap_hashing(time_cost: int = 1) -> PasswordHashing:

@@ -62,12 +62,39 @@ def declarer(
     return BrokerInboxes(pika.ConnectionParameters(), "quorum"), fake
 
 
-def test_the_inbox_is_declared_durable_with_the_queue_type_and_bound_by_username(monkeypatch):
+def test_the_anchor_and_legacy_inbox_are_declared_durable_and_bound_by_username(monkeypatch):
     inboxes, fake = declarer(monkeypatch, ["ok"])
     inboxes.declare("alice")
+    anchor = {"x-queue-type": "quorum", "x-max-length": 0, "x-overflow": "drop-head"}
     assert fake.log == [
+        ("declare", "user.alice", True, anchor),
+        ("bind", "user.alice", "inbox", "alice"),
         ("declare", "inbox.alice", True, {"x-queue-type": "quorum"}),
         ("bind", "inbox.alice", "inbox", "alice"),
+    ]
+
+
+def test_without_legacy_inboxes_only_the_anchor_is_declared(monkeypatch):
+    inboxes, fake = declarer(monkeypatch, ["ok"])
+    inboxes.legacy_inboxes = False
+    inboxes.declare("alice")
+    assert [entry[:2] for entry in fake.log] == [("declare", "user.alice"), ("bind", "user.alice")]
+
+
+def test_a_device_queue_is_bounded_expires_and_gets_messages_and_carbons(monkeypatch):
+    inboxes, fake = declarer(monkeypatch, ["ok"])
+    queue = inboxes.declare_device("alice", "a" * 26)
+    assert queue == "device.alice." + "a" * 26
+    arguments = {
+        "x-queue-type": "quorum",
+        "x-max-length": 10_000,
+        "x-overflow": "drop-head",
+        "x-expires": 30 * 24 * 3600 * 1000,
+    }
+    assert fake.log == [
+        ("declare", queue, True, arguments),
+        ("bind", queue, "inbox", "alice"),
+        ("bind", queue, "inbox", "alice/carbon"),
     ]
 
 

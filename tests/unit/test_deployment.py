@@ -40,8 +40,16 @@ DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DEPLOYMENT_DOCS = (REPO / "README.md", REPO / "docs" / "deployment.md")
 
 # The documented local defaults (docs/deployment.md); definitions.json carries their hashes.
-DEV_PASSWORDS = {"relay": "relay-dev-password", "auth": "auth-dev-password"}
-PASSWORD_VARIABLES = {"relay": "MESSENGER_RELAY_PASSWORD", "auth": "MESSENGER_AUTH_PASSWORD"}
+DEV_PASSWORDS = {
+    "relay": "relay-dev-password",
+    "auth": "auth-dev-password",
+    "archive": "archive-dev-password",
+}
+PASSWORD_VARIABLES = {
+    "relay": "MESSENGER_RELAY_PASSWORD",
+    "auth": "MESSENGER_AUTH_PASSWORD",
+    "archive": "MESSENGER_ARCHIVE_PASSWORD",
+}
 PUBLIC_PORTS = {8080, 5672}
 CLUSTER_AMQP_PORTS = {"broker-2": 5673, "broker-3": 5674}  # profile `cluster` only
 BROKER_API_PORT = 8081
@@ -560,7 +568,7 @@ def test_no_literal_secret_in_the_compose_files() -> None:
 
 def test_rendered_definitions_carry_hashes_of_the_given_passwords() -> None:
     template = json.loads((local_broker.CONFIG_DIR / "definitions.json").read_text())
-    passwords = {"relay": "relay-secret-1", "auth": "auth-secret-2"}
+    passwords = {"relay": "relay-secret-1", "auth": "auth-secret-2", "archive": "archive-3"}
     rendered = render_definitions.render(template, passwords)
     for user in rendered["users"]:
         assert verifies(user["password_hash"], passwords[user["name"]])
@@ -592,6 +600,7 @@ def test_render_command_writes_a_file_the_broker_user_can_read(
 ) -> None:
     monkeypatch.setenv("MESSENGER_RELAY_PASSWORD", "relay-secret-1")
     monkeypatch.setenv("MESSENGER_AUTH_PASSWORD", "auth-secret-2")
+    monkeypatch.setenv("MESSENGER_ARCHIVE_PASSWORD", "archive-3")
     monkeypatch.delenv("MESSENGER_BROKER_ADMIN_PASSWORD", raising=False)
     output = tmp_path / "broker" / "definitions.json"
     assert render_definitions.main(["--output", str(output)]) == 0
@@ -842,6 +851,7 @@ def test_render_command_writes_quorum_queues_when_asked(
 ) -> None:
     monkeypatch.setenv("MESSENGER_RELAY_PASSWORD", "relay-secret-1")
     monkeypatch.setenv("MESSENGER_AUTH_PASSWORD", "auth-secret-2")
+    monkeypatch.setenv("MESSENGER_ARCHIVE_PASSWORD", "archive-3")
     monkeypatch.delenv("MESSENGER_BROKER_ADMIN_PASSWORD", raising=False)
     output = tmp_path / "definitions.json"
     assert render_definitions.main(["--output", str(output), "--queue-type", "quorum"]) == 0

@@ -16,7 +16,13 @@ from pika.adapters.select_connection import SelectConnection
 from pydantic import SecretStr
 
 from protocol.messages import SENT_MS_HEADER
-from protocol.topology import INBOX_EXCHANGE, TYPE_ANSWER, TYPE_MESSAGE, TYPE_SEND, inbox_queue
+from protocol.topology import (
+    INBOX_EXCHANGE,
+    TYPE_ANSWER,
+    TYPE_MESSAGE,
+    TYPE_SEND,
+    user_anchor_queue,
+)
 from services.relay.answers import AnswerChannel
 from services.relay.ids import IdGenerator
 from services.relay.inbox_checks import PROBE_TIMEOUT_SECONDS
@@ -150,8 +156,21 @@ class Rig:
         )
 
     def confirm(self, seq: int, *, ack: bool = True, multiple: bool = False) -> None:
+        """The broker's verdict on publish `seq`; then acks for the copies (carbon, archive)
+        that a confirmed message's publish brings (tests/unit/test_relay_copies.py checks
+        those), so sequence numbers here count the main publishes."""
         method = pika.spec.Basic.Ack if ack else pika.spec.Basic.Nack
         self.worker.on_confirm(pika.frame.Method(1, method(delivery_tag=seq, multiple=multiple)))
+        self.confirm_copies()
+
+    def confirm_copies(self) -> None:
+        tracker = self.worker._confirms
+        copies = [seq for seq, pending in tracker._pending.items() if pending.parent is not None]
+        for seq in copies:
+            ack = pika.spec.Basic.Ack(delivery_tag=seq)
+            self.worker.on_confirm(pika.frame.Method(1, ack))
+        # the copies' sequence numbers are not the test's: keep the next main publish's seq
+        tracker._seq -= len(copies)
 
     def returned(self, published: dict[str, Any]) -> None:
         self.worker.on_return(
@@ -164,7 +183,7 @@ class Rig:
 
 def make_worker(skip: Callable[[str], bool] = lambda _r: False, **inboxes: int | str) -> Rig:
     """`inboxes`: recipient -> message count, or the 404 text of its passive declare."""
-    connection = FakeConnection({inbox_queue(name): state for name, state in inboxes.items()})
+    connection = FakeConnection({user_anchor_queue(name): state for name, state in inboxes.items()})
     channel = FakeChannel()
     counters = Counters()
     loop = cast(SelectConnection, connection)
@@ -265,10 +284,10 @@ def test_a_nack_from_an_empty_or_unreachable_inbox_is_retried_with_growing_delay
     connection = rig.connection
     rig.confirm(1, ack=False)  # no leader: a quorum inbox reports 0 messages
     assert connection.run_timers(up_to=0.5) == [0.5]
-    connection.inboxes[inbox_queue("bob")] = DOWN
+    connection.inboxes[user_anchor_queue("bob")] = DOWN
     rig.confirm(2, ack=False)
     assert connection.run_timers(up_to=1.0) == [1.0]
-    del connection.inboxes[inbox_queue("bob")]  # the declare gets no answer: times out
+    del connection.inboxes[user_anchor_queue("bob")]  # the declare gets no answer: times out
     rig.confirm(3, ack=False)
     connection.run_timers(up_to=PROBE_TIMEOUT_SECONDS)  # (earlier checks' timers: no-ops)
     assert connection.run_timers(up_to=2.0) == [2.0]
@@ -284,7 +303,7 @@ def test_refusals_for_one_inbox_share_one_check():
         rig.deliver(tag, {"to": "dave", "text": f"m{tag}"})
     rig.confirm(2, ack=False, multiple=True)
     connection = rig.connection
-    assert connection.declared == [inbox_queue("dave")]
+    assert connection.declared == [user_anchor_queue("dave")]
     connection.run_timers(up_to=PROBE_TIMEOUT_SECONDS)
     assert rig.counters.held == 2
 

@@ -19,7 +19,7 @@ export const MAX_TEXT_CHARS = 10000 as const;
 export const USERNAME_PATTERN = "^[a-z0-9][a-z0-9_.-]{2,31}$" as const;
 export const USERNAME_MIN = 3 as const;
 export const USERNAME_MAX = 32 as const;
-export const RESERVED_USERNAMES = ["admin", "auth", "guest", "relay", "system"] as const;
+export const RESERVED_USERNAMES = ["admin", "archive", "auth", "guest", "relay", "system"] as const;
 export const DISPLAY_NAME_MAX = 64 as const;
 export const DISPLAY_NAME_FORBIDDEN_CATEGORIES = ["Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn"] as const;
 export const PASSWORD_MIN = 8 as const;
@@ -91,6 +91,7 @@ export interface ReceiptRequest {
   message_id: string;
   to: string;
   status: "delivered" | "read";
+  notify_sender?: boolean;
 }
 
 /** protocol: protocol.messages.ReceiptNotice */
