@@ -168,6 +168,16 @@ class Names:
         self._known[username] = name
         return name
 
+    def refresh(self, username: str) -> str | None:
+        """Ask the server now, past the cache (a conversation being opened: the person
+        may have changed their name, or deleted their account)."""
+        if not self._server_gone:
+            name = self._fetch(username)
+            if name is not None:
+                self._known[username] = name
+                return name
+        return self(username)
+
     def remember(self, username: str, display_name: str) -> None:
         self._known[username] = display_name
         if self._history is not None:
@@ -178,7 +188,10 @@ class Names:
             with self._cli.accounts(timeout=NAME_LOOKUP_TIMEOUT) as accounts:
                 user = accounts.user(username, token=self._token)
         except AccountDeleted:
-            return DELETED_USER  # not cached: the name may be taken again after the hold
+            # Cached like a name (for a day): the name is held for longer than that.
+            if self._history is not None:
+                self._history.remember_display_name(username, DELETED_USER)
+            return DELETED_USER
         except NotFound:
             return None
         except MessengerError:

@@ -60,6 +60,7 @@ def history(
     peer = peer_name(username)
     with logged_in(cli) as (session, history, names):
         _fill(cli, session, history, peer, limit)
+        names.refresh(peer)
         messages = history.conversation(peer, limit)
         if not messages:
             _no_conversation(cli, session.token, peer)

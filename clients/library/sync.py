@@ -47,9 +47,9 @@ class Syncer:
             return cursor
         cursor = self._history.newest_id()
         if cursor is None:
+            # Not stored: the newest of them may still be on its way through the device
+            # queue (it exists since login), and must be shown when it comes.
             lasts = [s.last_message for s in self._api.conversations() if s.last_message]
-            # Kept as history (already shown): `conversations` works offline from them.
-            self._history.store_received_many(lasts, shown=True)
             cursor = newest([m.id for m in lasts])
         if cursor is not None:
             self._history.advance_state(CURSOR_KEY, cursor)
