@@ -59,12 +59,14 @@ def history(
     cli = cli_of(ctx)
     peer = peer_name(username)
     with logged_in(cli) as (session, history, names):
-        _fill(cli, session, history, peer, limit)
-        names.refresh(peer)
+        problem = _fill(cli, session, history, peer, limit)
         messages = history.conversation(peer, limit)
         if not messages:
             _no_conversation(cli, session.token, peer)
             return
+        if problem is not None:
+            err(f"Showing the local history only: {problem}.")
+        names.refresh(peer)
         if as_json:
             for message in messages:
                 out(json_line(message.to_json()))
@@ -74,9 +76,11 @@ def history(
             out(message_line(message, me=session.username, names=names, paint=paint))
 
 
-def _fill(cli: Cli, session: StoredSession, history: History, peer: str, limit: int | None) -> None:
-    """Complete the local copy from the server; without it, say so and go on with what is
-    here (an older server without history: silently)."""
+def _fill(
+    cli: Cli, session: StoredSession, history: History, peer: str, limit: int | None
+) -> str | None:
+    """Complete the local copy from the server; what kept it from doing so (None: nothing,
+    or an older server that keeps no history)."""
     try:
         with cli.conversations(session) as api:
             fill_recent(api, history, peer, limit or RECENT)
@@ -84,12 +88,12 @@ def _fill(cli: Cli, session: StoredSession, history: History, peer: str, limit: 
     except (AuthenticationFailed, InvalidInput):
         raise
     except NotFound:
-        return  # no such user: the empty local history says it below
+        return None  # no such user: the empty local history says it below
     except HistoryUnavailable as exc:
-        if "keeps no history" not in str(exc):
-            err(f"Showing the local history only: {exc}.")
+        return None if "keeps no history" in str(exc) else str(exc)
     except MessengerError as exc:
-        err(f"Showing the local history only: {exc}.")
+        return str(exc)
+    return None
 
 
 def _no_conversation(cli: Cli, token: str, peer: str) -> None:

@@ -44,7 +44,7 @@ def test_a_message_arrives_while_half_a_line_is_typed(tmp_path: Path, auth: Auth
 
         chat.send("ne\r")
         chat.expect_exact("half a line")
-        chat.expect_exact("✓ sent")  # accepted by the server
+        chat.expect_exact("✓ accepted")  # accepted by the server
         assert [m["text"] for m in bob.ok("inbox", "--json").json_lines()] == [
             "from before the chat",
             "half a line",

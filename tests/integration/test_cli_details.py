@@ -87,7 +87,7 @@ def test_an_unknown_chat_command_is_answered_and_never_sent(
         chat.expect_exact("no command /qiut; nothing was sent")
         chat.expect_exact("/quit or Ctrl-D leaves · /help shows this")  # the commands
         chat.sendline("//slash first")
-        chat.expect_exact("/slash first  ✓ sent")
+        chat.expect_exact("/slash first  ✓ accepted")
     assert [m["text"] for m in bob.ok("inbox", "--json").json_lines()] == ["/slash first"]
 
 

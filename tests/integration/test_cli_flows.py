@@ -83,7 +83,7 @@ def test_two_people_sign_up_log_in_write_read_and_log_out(alice: Person, bob: Pe
     assert [m["status"] for m in bob.ok("history", alice.username, "--json").json_lines()] == [
         "received",
         "received",
-        "sent",
+        "accepted",
     ]
     assert bob.ok("users", alice.username).out.split() == [alice.username, "Alice", "Liddell"]
     assert bob.ok("whois", alice.username, "--json").json_lines() == [
