@@ -55,7 +55,7 @@ class Syncer:
             self._history.advance_state(CURSOR_KEY, cursor)
         return cursor
 
-    def run(self, on_page: Callable[[SyncPage], None]) -> int:
+    def run(self, on_page: Callable[[SyncPage], object]) -> int:
         """Fetch every page after the cursor; `on_page` stores it, then the cursor moves.
         Returns how many messages came."""
         after = self.cursor()
