@@ -20,7 +20,7 @@ from protocol.conversations import AccountSettings
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_TTL = timedelta(minutes=10)
+SETTINGS_TTL = timedelta(minutes=1)
 _SETTING_KEY = "settings.read_receipts"
 _FETCHED_KEY = "settings.fetched_at"
 

@@ -11,6 +11,7 @@ import queue
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pexpect
 import pytest
 
 from clients.library.history import History
@@ -342,3 +344,38 @@ def test_a_device_whose_queue_is_gone_catches_up_from_the_archive(
     # The queue is back, and live delivery goes on through it.
     bob.ok("send", alice.username, "back live")
     assert eventually(caught_up, timeout=30, interval=1) == ["back live"]
+
+
+def test_chat_on_a_new_device_opens_with_the_server_history_and_shows_carbons_and_reads(
+    alice: Person, bob: Person, tmp_path: Path
+):
+    bob.ok("send", alice.username, "from before this device")
+    phone = device(alice, tmp_path, "phone")  # knows nothing locally
+    env = phone.env(TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", NO_COLOR="1")
+    chat = pexpect.spawn(
+        sys.executable,
+        [*COMMAND[1:], "chat", bob.username],
+        env=env,
+        encoding="utf-8",
+        dimensions=(30, 120),
+        timeout=30,
+    )
+    log = (tmp_path / "chat.log").open("w")
+    chat.logfile_read = log
+    try:
+        chat.expect_exact(f"Bob Ross ({bob.username}): from before this device")  # the server's
+        chat.expect_exact(f"Chat with Bob Ross ({bob.username})")
+        alice.ok("send", bob.username, "from the laptop")  # another device of the same user
+        chat.expect_exact(f"Alice Liddell ({alice.username}): from the laptop")
+        assert "from the laptop" in bob.ok("inbox").out  # bob sees it: read
+        chat.expect_exact("✓✓ read: from the laptop")
+        chat.sendline("/quit")
+        chat.expect(pexpect.EOF)
+    finally:
+        chat.close(force=True)
+        log.close()
+    assert chat.exitstatus == 0, (tmp_path / "chat.log").read_text()
+    # What the chat showed was marked read: bob sees his message read.
+    bob.ok("inbox")
+    statuses = bob.ok("history", alice.username, "--json").json_lines()
+    assert (statuses[0]["text"], statuses[0]["status"]) == ("from before this device", "read")
