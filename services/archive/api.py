@@ -26,6 +26,10 @@ USER_HEADER = "X-Messenger-User"
 KEY_HEADER = "X-Messenger-Archive-Key"
 
 
+UserHeader = Annotated[str | None, Header(alias=USER_HEADER)]
+KeyHeader = Annotated[str | None, Header(alias=KEY_HEADER)]
+
+
 class BadRequest(Exception):
     """A parameter a client sent is malformed: 422 with this sentence."""
 
@@ -47,9 +51,6 @@ def create_archive_app(store: Store, key: str) -> FastAPI:
         if user is None or not is_valid_username(user):
             raise PermissionError("no user")
         return user
-
-    UserHeader = Annotated[str | None, Header(alias=USER_HEADER)]
-    KeyHeader = Annotated[str | None, Header(alias=KEY_HEADER)]
 
     @app.get("/v1/conversations")
     async def list_conversations(user: UserHeader = None, given: KeyHeader = None) -> Any:
