@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -172,8 +173,11 @@ class LocalRun:
         passwords = service_passwords()
         # The broker's auth backend calls http://127.0.0.1:<port>/<key>/broker/...; only the
         # node's config (mode 0600) knows the key: any other local program is turned away.
-        self.broker_api_port, *dist_ports = instance.stable_ports(4 if cluster else 2)
+        self.broker_api_port, self.archive_port, *dist_ports = instance.stable_ports(
+            5 if cluster else 3
+        )
         broker_api_key = secrets.token_urlsafe(24)
+        archive_key = secrets.token_urlsafe(24)  # the auth service proves itself with it
         auth_url = f"http://127.0.0.1:{self.broker_api_port}/{broker_api_key}"
         self.broker: LocalNode | LocalCluster
         if cluster:
@@ -217,8 +221,28 @@ class LocalRun:
             "MESSENGER_AUTH_PUBLIC_AMQP_URLS": ",".join(n.public_amqp_url for n in self.nodes),
             "MESSENGER_AUTH_INBOX_QUEUE_TYPE": inbox_queue_type,
             "MESSENGER_AUTH_WEB_STOMP_URLS": ",".join(n.web_stomp_url for n in self.nodes),
+            "MESSENGER_AUTH_ARCHIVE_URL": f"http://127.0.0.1:{self.archive_port}",
+            "MESSENGER_AUTH_ARCHIVE_KEY": archive_key,
         }
         self.auth = ServiceProcess(module="services.auth", args=["serve"], env=self.auth_env)
+        # The archive: SQLite in the data directory unless MESSENGER_ARCHIVE_DATABASE_URL says
+        # otherwise (PostgreSQL: docs/operations.md).
+        self.archive = ServiceProcess(
+            module="services.archive",
+            args=[],
+            env={
+                "MESSENGER_ARCHIVE_AMQP_NODES": amqp_nodes,
+                "MESSENGER_ARCHIVE_AMQP_PASSWORD": passwords["archive"],
+                "MESSENGER_ARCHIVE_DATABASE_URL": os.environ.get(
+                    "MESSENGER_ARCHIVE_DATABASE_URL",
+                    f"sqlite:///{self.data_dir / 'archive.sqlite3'}",
+                ),
+                "MESSENGER_ARCHIVE_HOST": "127.0.0.1",
+                "MESSENGER_ARCHIVE_PORT": str(self.archive_port),
+                "MESSENGER_ARCHIVE_KEY": archive_key,
+                "MESSENGER_ARCHIVE_RECONNECT_MAX_DELAY_SECONDS": RELAY_RECONNECT_MAX_DELAY,
+            },
+        )
         self.relays = [
             ServiceProcess(
                 module="services.relay",
@@ -241,6 +265,7 @@ class LocalRun:
             ProcessPart("auth service", self.auth),
             *node_parts,
             *(ProcessPart(name, p) for name, p in zip(relay_names, self.relays, strict=True)),
+            ProcessPart("archive", self.archive),
         ]
         self.supervisor = Supervisor(self.parts, self.stop_event, on_restart=self._write_state)
 
@@ -275,15 +300,32 @@ class LocalRun:
             self.stop_event,
         )
         self.broker.start()
+        self._migrate()
         for relay in self.relays:
             relay.start()
+        self.archive.start()
         self._write_state()
+
+    def _migrate(self) -> None:
+        """`messenger-auth migrate`: anchors for users of an older version (idempotent)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "services.auth", "migrate"],
+            env={**os.environ, **self.auth_env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RunFailed(f"messenger-auth migrate failed: {done.stderr.strip()}")
+        logger.info("broker queues: %s", done.stdout.strip())
 
     def _stop(self) -> None:
         self.stop_event.set()
         logger.info("stopping")
         for relay in self.relays:
             relay.stop()
+        self.archive.stop()
         self.auth.stop()
         self.broker.stop()
         run_state.remove(self.data_dir)
