@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,6 +42,9 @@ from services.logs import configure_logging
 logger = logging.getLogger("messenger.run")
 
 REPO = Path(__file__).resolve().parent.parent
+# Written by `make images` (deploy/images/build-local.sh): compose variables naming images
+# built here, for machines where no registry is reachable.
+LOCAL_IMAGES_ENV = REPO / "deploy" / "images" / "local.env"
 
 # `make run CLUSTER=1` with Docker: compose's `cluster` profile, quorum queues, and every
 # node for the services (on the deployment's network) and for clients (published ports).
@@ -172,8 +176,11 @@ class LocalRun:
         passwords = service_passwords()
         # The broker's auth backend calls http://127.0.0.1:<port>/<key>/broker/...; only the
         # node's config (mode 0600) knows the key: any other local program is turned away.
-        self.broker_api_port, *dist_ports = instance.stable_ports(4 if cluster else 2)
+        self.broker_api_port, self.archive_port, *dist_ports = instance.stable_ports(
+            5 if cluster else 3
+        )
         broker_api_key = secrets.token_urlsafe(24)
+        archive_key = secrets.token_urlsafe(24)  # the auth service proves itself with it
         auth_url = f"http://127.0.0.1:{self.broker_api_port}/{broker_api_key}"
         self.broker: LocalNode | LocalCluster
         if cluster:
@@ -217,8 +224,28 @@ class LocalRun:
             "MESSENGER_AUTH_PUBLIC_AMQP_URLS": ",".join(n.public_amqp_url for n in self.nodes),
             "MESSENGER_AUTH_INBOX_QUEUE_TYPE": inbox_queue_type,
             "MESSENGER_AUTH_WEB_STOMP_URLS": ",".join(n.web_stomp_url for n in self.nodes),
+            "MESSENGER_AUTH_ARCHIVE_URL": f"http://127.0.0.1:{self.archive_port}",
+            "MESSENGER_AUTH_ARCHIVE_KEY": archive_key,
         }
         self.auth = ServiceProcess(module="services.auth", args=["serve"], env=self.auth_env)
+        # The archive: SQLite in the data directory unless MESSENGER_ARCHIVE_DATABASE_URL says
+        # otherwise (PostgreSQL: docs/operations.md).
+        self.archive = ServiceProcess(
+            module="services.archive",
+            args=[],
+            env={
+                "MESSENGER_ARCHIVE_AMQP_NODES": amqp_nodes,
+                "MESSENGER_ARCHIVE_AMQP_PASSWORD": passwords["archive"],
+                "MESSENGER_ARCHIVE_DATABASE_URL": os.environ.get(
+                    "MESSENGER_ARCHIVE_DATABASE_URL",
+                    f"sqlite:///{self.data_dir / 'archive.sqlite3'}",
+                ),
+                "MESSENGER_ARCHIVE_HOST": "127.0.0.1",
+                "MESSENGER_ARCHIVE_PORT": str(self.archive_port),
+                "MESSENGER_ARCHIVE_KEY": archive_key,
+                "MESSENGER_ARCHIVE_RECONNECT_MAX_DELAY_SECONDS": RELAY_RECONNECT_MAX_DELAY,
+            },
+        )
         self.relays = [
             ServiceProcess(
                 module="services.relay",
@@ -241,6 +268,7 @@ class LocalRun:
             ProcessPart("auth service", self.auth),
             *node_parts,
             *(ProcessPart(name, p) for name, p in zip(relay_names, self.relays, strict=True)),
+            ProcessPart("archive", self.archive),
         ]
         self.supervisor = Supervisor(self.parts, self.stop_event, on_restart=self._write_state)
 
@@ -275,15 +303,32 @@ class LocalRun:
             self.stop_event,
         )
         self.broker.start()
+        self._migrate()
         for relay in self.relays:
             relay.start()
+        self.archive.start()
         self._write_state()
+
+    def _migrate(self) -> None:
+        """`messenger-auth migrate`: anchors for users of an older version (idempotent)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "services.auth", "migrate"],
+            env={**os.environ, **self.auth_env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RunFailed(f"messenger-auth migrate failed: {done.stderr.strip()}")
+        logger.info("broker queues: %s", done.stdout.strip())
 
     def _stop(self) -> None:
         self.stop_event.set()
         logger.info("stopping")
         for relay in self.relays:
             relay.stop()
+        self.archive.stop()
         self.auth.stop()
         self.broker.stop()
         run_state.remove(self.data_dir)
@@ -339,6 +384,21 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
     local.run()
 
 
+def compose_command(cluster: bool, local_images_env: Path) -> list[str]:
+    """`docker compose up`, on the locally built images when `make images` made them (a
+    machine without a registry cannot pull the official ones)."""
+    command = ["docker", "compose"]
+    if local_images_env.is_file():
+        logger.info("using the local images named in %s", local_images_env)
+        own_env = REPO / ".env"  # --env-file replaces compose's default .env: keep it
+        if own_env.is_file():
+            command += ["--env-file", str(own_env)]
+        command += ["--env-file", str(local_images_env)]
+    if cluster:
+        command += ["--profile", "cluster"]
+    return [*command, "up", "--build"]
+
+
 def main(
     cluster: bool = typer.Option(False, "--cluster", help="Three broker nodes in one cluster."),
 ) -> None:
@@ -347,9 +407,8 @@ def main(
     settings = load_settings()
     if settings.docker and compose_available():
         logger.info("a Docker engine answers: running docker compose up")
-        command, env = ["docker", "compose", "up", "--build"], dict(os.environ)
+        command, env = compose_command(cluster, LOCAL_IMAGES_ENV), dict(os.environ)
         if cluster:  # the profile's two extra nodes, quorum queues, failover to every node
-            command[2:2] = ["--profile", "cluster"]
             for name, value in CLUSTER_COMPOSE_ENV.items():
                 env.setdefault(name, value)
         raise typer.Exit(subprocess.call(command, cwd=REPO, env=env))

@@ -15,9 +15,12 @@ import pytest
 from broker.pika_io import coalesce_pika_writes
 from tests.integration.container_broker import chosen_broker
 from tests.integration.stack import (
+    ArchivePlace,
+    ArchiveProcess,
     AuthService,
     Broker,
     RelayProcess,
+    start_archive,
     start_auth,
     start_broker,
     start_relay,
@@ -45,9 +48,17 @@ def broker() -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="session")
-def auth(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthService]:
+def archive_place() -> ArchivePlace:
+    """Where the session's archive listens: the auth service proxies the history API there."""
+    return ArchivePlace.fresh()
+
+
+@pytest.fixture(scope="session")
+def auth(
+    broker: Broker, archive_place: ArchivePlace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AuthService]:
     """The auth service of the session's broker (its /broker/* API is what the broker asks)."""
-    service = start_auth(broker, tmp_path_factory.mktemp("auth"))
+    service = start_auth(broker, tmp_path_factory.mktemp("auth"), **archive_place.auth_env())
     try:
         yield service
     finally:
@@ -60,6 +71,24 @@ def relay(
 ) -> Iterator[RelayProcess]:
     """One relay for tests that only need messages to flow, consuming when it is handed out."""
     process = start_relay(broker, tmp_path_factory.mktemp("relay"))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def archive(
+    broker: Broker,
+    auth: AuthService,
+    archive_place: ArchivePlace,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ArchiveProcess]:
+    """The session's archive (SQLite), consuming archive.ingest, behind the auth service."""
+    directory = tmp_path_factory.mktemp("archive")
+    process = start_archive(
+        broker, archive_place, f"sqlite:///{directory / 'archive.sqlite3'}", directory
+    )
     try:
         yield process
     finally:

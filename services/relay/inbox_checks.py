@@ -28,7 +28,7 @@ from pika.adapters.select_connection import SelectConnection
 
 from broker.backoff import backoff_delay
 from broker.errors import queue_missing, reply_code
-from protocol.topology import user_anchor_queue
+from protocol.topology import inbox_queue, user_anchor_queue
 from services.relay.confirms import Pending
 from services.relay.routing import Verdict
 from services.relay.status import Counters
@@ -114,7 +114,7 @@ class RefusedPublishes:
         self._retry_max_delay = retry_max_delay
         self._counters = counters
         self._held: set[Pending] = set()  # waiting for their check or their retry
-        # recipient -> what to do with the result of the check in progress for that inbox
+        # queue -> what to do with the result of the check in progress for that queue
         self._probes: dict[str, list[Callable[[InboxCheck], None]]] = {}
         self._retrying = True
 
@@ -132,6 +132,10 @@ class RefusedPublishes:
         def judged(check: InboxCheck) -> None:
             if pending not in self._held or not self._usable():
                 return  # the connection went: the broker redelivers the outbox message
+            if verdict is Verdict.NACKED and check.state is InboxState.MISSING:
+                # No legacy inbox: the nack came from a device queue (drop-head, never full),
+                # so its node or leader is away.
+                check = InboxCheck(InboxState.UNAVAILABLE)
             outcome = judge_refusal(verdict, check)
             if outcome is Verdict.UNAVAILABLE:
                 self._hold(pending, check)
@@ -139,7 +143,13 @@ class RefusedPublishes:
                 self._held.discard(pending)
                 self._settle(pending, outcome)
 
-        self._probe(pending.deliver.recipient, judged)
+        # A return: does the user exist (the anchor)? A nack: is the length-limited legacy
+        # inbox full (device queues drop their oldest instead of refusing)?
+        recipient = pending.deliver.recipient
+        queue = (
+            inbox_queue(recipient) if verdict is Verdict.NACKED else user_anchor_queue(recipient)
+        )
+        self._probe(queue, judged)
 
     def _hold(self, pending: Pending, check: InboxCheck) -> None:
         self._counters.held += 1
@@ -163,18 +173,18 @@ class RefusedPublishes:
         pending.attempts += 1
         self._republish(pending)
 
-    def _probe(self, recipient: str, done: Callable[[InboxCheck], None]) -> None:
-        """Passive-declare the anchor `user.<recipient>` on a channel of its own, then `done`
-        (within PROBE_TIMEOUT_SECONDS)."""
-        waiting = self._probes.get(recipient)
+    def _probe(self, queue: str, done: Callable[[InboxCheck], None]) -> None:
+        """Passive-declare `queue` on a channel of its own, then `done` (within
+        PROBE_TIMEOUT_SECONDS)."""
+        waiting = self._probes.get(queue)
         if waiting is not None:
             waiting.append(done)
             return
-        waiters = self._probes[recipient] = [done]
+        waiters = self._probes[queue] = [done]
 
         def finish(check: InboxCheck) -> None:
-            if self._probes.get(recipient) is waiters:  # the first result wins, once
-                del self._probes[recipient]
+            if self._probes.get(queue) is waiters:  # the first result wins, once
+                del self._probes[queue]
                 for callback in waiters:
                     callback(check)
 
@@ -190,7 +200,7 @@ class RefusedPublishes:
                 )
 
             channel.add_on_close_callback(on_closed)
-            channel.queue_declare(user_anchor_queue(recipient), passive=True, callback=on_ok)
+            channel.queue_declare(queue, passive=True, callback=on_ok)
 
         self._connection.channel(on_open_callback=on_open)
         self._connection.ioloop.call_later(

@@ -318,12 +318,89 @@ def launch_relay(broker: Broker, workdir: Path | None = None, **env_overrides: s
     return relay
 
 
+@dataclass(frozen=True)
+class ArchivePlace:
+    """Where the archive of a test stack listens and the key the auth service proves itself
+    with: chosen before either starts (the auth service is told, the archive binds it)."""
+
+    port: int
+    key: str
+
+    @classmethod
+    def fresh(cls) -> ArchivePlace:
+        return cls(free_port(), secrets.token_urlsafe(24))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def auth_env(self) -> dict[str, str]:
+        """Settings of an auth service that proxies the history API to this archive."""
+        return {"MESSENGER_AUTH_ARCHIVE_URL": self.url, "MESSENGER_AUTH_ARCHIVE_KEY": self.key}
+
+
+@dataclass
+class ArchiveProcess(ServiceProcess):
+    place: ArchivePlace = field(default_factory=lambda: ArchivePlace(0, ""))
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def healthy() -> bool:
+            assert self.alive, f"the archive exited:\n{self.log()}"
+            try:
+                return httpx.get(f"{self.place.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        eventually(healthy, timeout=timeout, interval=0.1)
+
+    def get(self, path: str, user: str, **params: str) -> httpx.Response:
+        """Ask the archive directly, as the auth service does."""
+        headers = {"X-Messenger-User": user, "X-Messenger-Archive-Key": self.place.key}
+        return httpx.get(f"{self.place.url}{path}", params=params, headers=headers, timeout=30)
+
+
+def start_archive(
+    broker: Broker,
+    place: ArchivePlace,
+    database_url: str,
+    workdir: Path | None = None,
+    **env_overrides: str,
+) -> ArchiveProcess:
+    """An archive process (ingest + history API), returned once its API answers."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="messenger-archive-"))
+    env = {
+        "MESSENGER_ARCHIVE_AMQP_HOST": broker.host,
+        "MESSENGER_ARCHIVE_AMQP_PORT": str(broker.amqp_port),
+        "MESSENGER_ARCHIVE_AMQP_PASSWORD": broker.service_passwords["archive"],
+        "MESSENGER_ARCHIVE_DATABASE_URL": database_url,
+        "MESSENGER_ARCHIVE_HOST": "127.0.0.1",
+        "MESSENGER_ARCHIVE_PORT": str(place.port),
+        "MESSENGER_ARCHIVE_KEY": place.key,
+        **env_overrides,
+    }
+    archive = ArchiveProcess(
+        module="services.archive",
+        args=[],
+        env=env,
+        log_path=workdir / f"archive-{place.port}.log",
+        place=place,
+    )
+    archive.start()
+    try:
+        archive.wait_ready()
+    except BaseException:
+        archive.stop()
+        raise
+    return archive
+
+
 @dataclass
 class User:
     username: str
     password: str
     display_name: str
     token: str
+    device_queue: str = ""
 
 
 def unique_username(prefix: str = "u") -> str:
@@ -344,7 +421,21 @@ def signup_and_login(auth: AuthService, prefix: str = "u", display_name: str | N
         f"{auth.url}/v1/sessions", json={"username": username, "password": password}, timeout=30
     )
     assert response.status_code == 200, response.text
-    return User(username, password, name, response.json()["token"])
+    answer = response.json()
+    return User(username, password, name, answer["token"], answer.get("device_queue", ""))
+
+
+def log_in_device(auth: AuthService, user: User) -> User:
+    """Another login (device) of `user`: its own token and device queue."""
+    response = httpx.post(
+        f"{auth.url}/v1/sessions",
+        json={"username": user.username, "password": user.password},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    return User(user.username, user.password, user.display_name, answer["token"],
+                answer["device_queue"])  # fmt: skip
 
 
 def close_quietly(connection: pika.BlockingConnection) -> None:

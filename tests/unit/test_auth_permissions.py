@@ -2,6 +2,7 @@
 
 import pytest
 
+from protocol.topology import device_queue, new_device_id
 from services.auth.permissions import (
     may_log_in_as,
     resource_allowed,
@@ -18,6 +19,29 @@ def allowed(resource: str, name: str, permission: str, username: str = "alice", 
 
 def test_a_user_may_read_its_own_inbox():
     assert allowed("queue", "inbox.alice", "read")
+
+
+def test_a_user_may_read_its_own_device_queues():
+    assert allowed("queue", device_queue("alice", new_device_id()), "read")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "device.bob." + "a" * 26,  # somebody else's device
+        "device.alice." + "a" * 25,  # not a device id
+        "device.alice." + "A" * 26,
+        "device.alice.x." + "a" * 26,  # the device of a user named alice.x
+        "device.alice.",
+        "user.alice",  # the anchor holds nothing and is nobody's to read
+        "user.bob",
+        "archive.ingest",
+    ],
+)
+def test_no_other_queue_of_the_new_topology_may_be_read(name):
+    assert not allowed("queue", name, "read")
+    assert not allowed("queue", name, "configure")
+    assert not allowed("queue", name, "write")
 
 
 def test_a_user_may_write_to_the_outbox_exchange():
@@ -42,6 +66,7 @@ def test_a_user_may_write_to_the_outbox_exchange():
         ("exchange", "amq.default", "write"),
         ("exchange", "", "write"),
         ("exchange", "relay.dead", "write"),
+        ("exchange", "archive", "write"),  # forging history
         ("exchange", "amq.topic", "write"),
         ("exchange", "inbox.alice", "write"),
         ("topic", "outbox", "write"),
@@ -59,7 +84,7 @@ def test_permissions_hold_only_in_the_configured_vhost():
 
 
 @pytest.mark.parametrize(
-    "username", ["relay", "auth", "guest", "admin", "system", "Alice", "", "../x"]
+    "username", ["relay", "auth", "archive", "guest", "admin", "system", "Alice", "", "../x"]
 )
 def test_reserved_or_malformed_names_get_nothing(username):
     assert not may_log_in_as(username)

@@ -540,6 +540,7 @@ def test_service_passwords_come_from_the_environment_with_the_documented_default
     users_env = {
         "relay": env_of(services["relay"])["MESSENGER_RELAY_AMQP_PASSWORD"],
         "auth": env_of(services["auth"])["MESSENGER_AUTH_AMQP_PASSWORD"],
+        "archive": env_of(services["archive"])["MESSENGER_ARCHIVE_AMQP_PASSWORD"],
     }
     for user, variable in PASSWORD_VARIABLES.items():
         expected = f"${{{variable}:-{DEV_PASSWORDS[user]}}}"

@@ -21,6 +21,7 @@ from protocol.topology import (
     TYPE_ANSWER,
     TYPE_MESSAGE,
     TYPE_SEND,
+    inbox_queue,
     user_anchor_queue,
 )
 from services.relay.answers import AnswerChannel
@@ -183,7 +184,10 @@ class Rig:
 
 def make_worker(skip: Callable[[str], bool] = lambda _r: False, **inboxes: int | str) -> Rig:
     """`inboxes`: recipient -> message count, or the 404 text of its passive declare."""
-    connection = FakeConnection({user_anchor_queue(name): state for name, state in inboxes.items()})
+    # a return probes the user's anchor, a nack the (legacy, length-limited) inbox
+    states = {user_anchor_queue(name): state for name, state in inboxes.items()}
+    states |= {inbox_queue(name): state for name, state in inboxes.items()}
+    connection = FakeConnection(states)
     channel = FakeChannel()
     counters = Counters()
     loop = cast(SelectConnection, connection)
@@ -284,10 +288,10 @@ def test_a_nack_from_an_empty_or_unreachable_inbox_is_retried_with_growing_delay
     connection = rig.connection
     rig.confirm(1, ack=False)  # no leader: a quorum inbox reports 0 messages
     assert connection.run_timers(up_to=0.5) == [0.5]
-    connection.inboxes[user_anchor_queue("bob")] = DOWN
+    connection.inboxes[inbox_queue("bob")] = DOWN
     rig.confirm(2, ack=False)
     assert connection.run_timers(up_to=1.0) == [1.0]
-    del connection.inboxes[user_anchor_queue("bob")]  # the declare gets no answer: times out
+    del connection.inboxes[inbox_queue("bob")]  # the declare gets no answer: times out
     rig.confirm(3, ack=False)
     connection.run_timers(up_to=PROBE_TIMEOUT_SECONDS)  # (earlier checks' timers: no-ops)
     assert connection.run_timers(up_to=2.0) == [2.0]
@@ -303,7 +307,7 @@ def test_refusals_for_one_inbox_share_one_check():
         rig.deliver(tag, {"to": "dave", "text": f"m{tag}"})
     rig.confirm(2, ack=False, multiple=True)
     connection = rig.connection
-    assert connection.declared == [user_anchor_queue("dave")]
+    assert connection.declared == [inbox_queue("dave")]  # a nack: is the inbox full?
     connection.run_timers(up_to=PROBE_TIMEOUT_SECONDS)
     assert rig.counters.held == 2
 
