@@ -11,7 +11,7 @@ import pytest
 from tests.integration.cli_driver import COMMAND, Person
 from tests.integration.stack import AuthService
 
-pytestmark = pytest.mark.usefixtures("relay")
+pytestmark = pytest.mark.usefixtures("relay", "archive")
 
 
 def test_a_message_arrives_while_half_a_line_is_typed(tmp_path: Path, auth: AuthService):

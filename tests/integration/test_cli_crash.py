@@ -12,7 +12,7 @@ from protocol.topology import inbox_queue
 from tests.integration.cli_driver import Person
 from tests.integration.stack import AuthService, Broker, eventually
 
-pytestmark = pytest.mark.usefixtures("relay")
+pytestmark = pytest.mark.usefixtures("relay", "archive")
 
 
 @pytest.mark.parametrize(

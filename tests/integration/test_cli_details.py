@@ -15,7 +15,7 @@ import pytest
 from tests.integration.cli_driver import COMMAND, Person
 from tests.integration.stack import AuthService
 
-pytestmark = pytest.mark.usefixtures("relay")
+pytestmark = pytest.mark.usefixtures("relay", "archive")
 
 
 @pytest.fixture

@@ -8,98 +8,26 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pexpect
 import pytest
 
 from clients.library.history import History
-from deploy.local_broker import free_port
-from deploy.processes import ServiceProcess
 from protocol.topology import VHOST
 from tests.integration.cli_driver import COMMAND, Person
 from tests.integration.stack import (
     AuthService,
     Broker,
     eventually,
-    start_auth,
-    start_broker,
-    start_relay,
 )
 
-
-@dataclass
-class ArchiveProcess(ServiceProcess):
-    port: int = 0
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        def healthy() -> bool:
-            assert self.alive, f"the archive exited:\n{self.log()}"
-            try:
-                return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).is_success
-            except httpx.HTTPError:
-                return False
-
-        eventually(healthy, timeout=timeout, interval=0.1)
-
-
-@dataclass
-class HistoryStack:
-    broker: Broker
-    auth: AuthService
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HistoryStack]:
-    """A broker of its own with the auth service, a relay and an archive (SQLite) behind
-    the auth service's history API (the session's auth service has no archive)."""
-    workdir = tmp_path_factory.mktemp("history-stack")
-    broker = start_broker()
-    key = secrets.token_urlsafe(24)
-    port = free_port()
-    archive = ArchiveProcess(
-        module="services.archive",
-        args=[],
-        env={
-            "MESSENGER_ARCHIVE_AMQP_HOST": broker.host,
-            "MESSENGER_ARCHIVE_AMQP_PORT": str(broker.amqp_port),
-            "MESSENGER_ARCHIVE_AMQP_PASSWORD": broker.service_passwords["archive"],
-            "MESSENGER_ARCHIVE_KEY": key,
-            "MESSENGER_ARCHIVE_PORT": str(port),
-            "MESSENGER_ARCHIVE_DATABASE_URL": f"sqlite:///{workdir / 'archive.sqlite3'}",
-        },
-        log_path=workdir / "archive.log",
-        port=port,
-    )
-    with contextlib.ExitStack() as stop:
-        stop.callback(broker.remove)
-        archive.start()
-        stop.callback(archive.stop)
-        archive.wait_ready()
-        auth = start_auth(
-            broker,
-            workdir,
-            MESSENGER_AUTH_ARCHIVE_URL=f"http://127.0.0.1:{port}",
-            MESSENGER_AUTH_ARCHIVE_KEY=key,
-        )
-        stop.callback(auth.stop)
-        relay = start_relay(broker, workdir)
-        stop.callback(relay.stop)
-        yield HistoryStack(broker, auth)
-
-
-@pytest.fixture
-def history_auth(stack: HistoryStack) -> AuthService:
-    return stack.auth
+pytestmark = pytest.mark.usefixtures("relay", "archive")
 
 
 def device(person: Person, tmp_path: Path, name: str) -> Person:
@@ -111,13 +39,13 @@ def device(person: Person, tmp_path: Path, name: str) -> Person:
 
 
 @pytest.fixture
-def alice(tmp_path: Path, history_auth: AuthService) -> Person:
-    return Person.signed_up(tmp_path, history_auth, "alice", "Alice Liddell")
+def alice(tmp_path: Path, auth: AuthService) -> Person:
+    return Person.signed_up(tmp_path, auth, "alice", "Alice Liddell")
 
 
 @pytest.fixture
-def bob(tmp_path: Path, history_auth: AuthService) -> Person:
-    return Person.signed_up(tmp_path, history_auth, "bob", "Bob Ross")
+def bob(tmp_path: Path, auth: AuthService) -> Person:
+    return Person.signed_up(tmp_path, auth, "bob", "Bob Ross")
 
 
 class Listener:
@@ -281,9 +209,9 @@ def test_read_receipts_reach_the_sender_and_the_readers_other_device(
 
 
 def test_conversations_newest_first_with_unread_counts(
-    alice: Person, bob: Person, tmp_path: Path, history_auth: AuthService
+    alice: Person, bob: Person, tmp_path: Path, auth: AuthService
 ):
-    carol = Person.signed_up(tmp_path, history_auth, "carol", "Carol")
+    carol = Person.signed_up(tmp_path, auth, "carol", "Carol")
     bob.ok("send", alice.username, "from bob 1")
     bob.ok("send", alice.username, "from bob 2")
     carol.ok("send", alice.username, "from carol")
@@ -326,13 +254,13 @@ def test_account_delete_removes_it_here_and_holds_the_name(
 
 
 def test_a_device_whose_queue_is_gone_catches_up_from_the_archive(
-    alice: Person, bob: Person, stack: HistoryStack
+    alice: Person, bob: Person, broker: Broker
 ):
     queue = json.loads((alice.home / "session.json").read_text())["device_queue"]
     assert queue.startswith(f"device.{alice.username}.")
     alice.ok("inbox")
     # The queue expires while the device is away (x-expires), as if: an operator deletes it.
-    stack.broker.node.ctl("delete_queue", queue, "-p", VHOST)
+    broker.node.ctl("delete_queue", queue, "-p", VHOST)
     texts = ["while away 1", "while away 2"]
     for text in texts:
         bob.ok("send", alice.username, text)  # still accepted: the user exists

@@ -18,7 +18,7 @@ from protocol.topology import VHOST, inbox_queue
 from tests.integration.cli_driver import COMMAND, Person
 from tests.integration.stack import AuthService, Broker, RelayProcess, eventually
 
-pytestmark = pytest.mark.usefixtures("relay")
+pytestmark = pytest.mark.usefixtures("relay", "archive")
 
 
 @pytest.fixture
