@@ -94,10 +94,17 @@ def _json(summary: ConversationSummary) -> dict[str, Any]:
     return {
         "peer": summary.peer,
         "display_name": summary.display_name,
-        "last_message": None if last is None else last.model_dump(mode="json", by_alias=True),
+        "last_message": None if last is None else _message(last),
         "unread": summary.unread,
         "updated_at": _iso(summary.updated_at),
     }
+
+
+def _message(message: ArchivedMessage) -> dict[str, Any]:
+    """Like a row of `history --json` (times as Python writes them there)."""
+    row = message.model_dump(mode="json", by_alias=True)
+    row["sent_at"] = message.sent_at.isoformat()
+    return row
 
 
 def _iso(moment: datetime | None) -> str | None:
