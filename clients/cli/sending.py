@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from clients.cli.completion import complete_peer
-from clients.cli.context import cli_of, logged_in
+from clients.cli.context import DELETED_USER, cli_of, logged_in
 from clients.cli.edge import EXIT_CODES_HELP
 from clients.cli.output import NameLookup, Painter, json_line, local_time, out, person
 from clients.library.errors import InvalidInput, MessageRejected, NotConfirmed
@@ -39,6 +39,8 @@ def explain_rejection(
     error: MessageRejected, to: str, names: NameLookup | None = None
 ) -> MessageRejected:
     """The relay's verdict, worded for the person who sent the message."""
+    if error.reason == "unknown_recipient" and names is not None and names(to) == DELETED_USER:
+        return MessageRejected(f"{to} deleted their account; nothing was sent", error.reason)
     if error.reason == "unknown_recipient":
         return _hinted(
             MessageRejected(f"there is no user named '{to}'; nothing was sent", error.reason),
