@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 import httpx
 import pytest
@@ -31,7 +32,7 @@ def send_all(auth, sender, to: str, texts: list[str]) -> list[str]:
     with connect(auth, sender) as connection:
         answers = connection.send_many([(to, t) for t in texts], window=200, timeout=120)
     assert [a.status for a in answers] == ["accepted"] * len(texts), answers[:3]
-    return [a.id for a in answers]
+    return [str(a.id) for a in answers]
 
 
 def test_every_device_gets_every_message_once_in_order_and_a_new_one_pages_all(broker, auth):
@@ -89,7 +90,7 @@ def test_every_device_gets_every_message_once_in_order_and_a_new_one_pages_all(b
     eventually(archived, timeout=60)
     for sender, count in zip(senders, counts, strict=True):
 
-        def complete(sender=sender, count=count) -> list[dict]:
+        def complete(sender=sender, count=count) -> list[dict[str, Any]]:
             history = whole_conversation(auth, bob_3, sender.username)
             return history if len(history) == count else []
 
@@ -116,7 +117,7 @@ def test_a_killed_archive_ends_with_every_accepted_message_once(broker, auth, ar
     sender.join(180)
     assert len(ids) == 600
 
-    def complete() -> list[dict]:
+    def complete() -> list[dict[str, Any]]:
         history = whole_conversation(auth, bob, alice.username)
         return history if len(history) >= 600 else []
 
