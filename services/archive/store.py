@@ -81,7 +81,9 @@ def open_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # No pre-ping (a round trip per request); a connection the server dropped fails one
+    # request and is replaced, and none is kept longer than five minutes.
+    return create_engine(url, pool_recycle=300, pool_size=5, max_overflow=5)
 
 
 class Store:
@@ -90,6 +92,11 @@ class Store:
         migrate(engine)
         self._seq_lock = threading.Lock()
         self._next_seq: int | None = None
+        # Deleted users' floors: few, changed only by forget_user here; read on every request.
+        with engine.connect() as db:
+            self._floors = {
+                row.username: int(row.floor_seq) for row in db.execute(select(user_floors))
+            }
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -402,13 +409,13 @@ class Store:
             db.execute(delete(receipts).where(receipts.c.reader == user))
             db.execute(delete(user_floors).where(user_floors.c.username == user))
             db.execute(insert(user_floors).values(username=user, floor_seq=floor))
+        self._floors[user] = floor
         logger.info("forgot the archive of %s", user)
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _floor(self, db: Connection, user: str) -> int:
-        value = db.scalar(select(user_floors.c.floor_seq).where(user_floors.c.username == user))
-        return int(value or 0)
+    def _floor(self, _db: Connection, user: str) -> int:
+        return self._floors.get(user, 0)
 
     def _cursor_seq(self, db: Connection, cursor: str, pair: str | None, user: str = "") -> int:
         if not ID_RE.fullmatch(cursor):
@@ -428,17 +435,16 @@ class Store:
 
     def _read_marks(self, db: Connection, user: str, peer: str) -> tuple[int, int]:
         """(how far `user` has read `peer`'s messages, how far `peer` has let `user` see
-        that it read `user`'s)."""
-        own = db.scalar(
-            select(conversations.c.read_seq).where(
-                conversations.c.username == user, conversations.c.peer == peer
+        that it read `user`'s), in one query."""
+        c = conversations.c
+        rows = db.execute(
+            select(c.username, c.read_seq, c.shared_read_seq).where(
+                ((c.username == user) & (c.peer == peer))
+                | ((c.username == peer) & (c.peer == user))
             )
-        )
-        theirs = db.scalar(
-            select(conversations.c.shared_read_seq).where(
-                conversations.c.username == peer, conversations.c.peer == user
-            )
-        )
+        ).all()
+        own = next((r.read_seq for r in rows if r.username == user), 0)
+        theirs = next((r.shared_read_seq for r in rows if r.username == peer), 0)
         return int(own or 0), int(theirs or 0)
 
 
@@ -452,7 +458,8 @@ def _archived(row: Row[Any], viewer: str, marks: tuple[int, int]) -> ArchivedMes
         status = "read"
     elif row.delivered:
         status = "delivered"
-    return ArchivedMessage(
+    # Stored rows were validated at ingest: no second validation per row of a page.
+    return ArchivedMessage.model_construct(
         id=row.id,
         client_id=row.client_id,
         sender=row.sender,
