@@ -315,18 +315,28 @@ class Store:
         if before is not None and after is not None:
             raise CursorError("give at most one of before and after")
         pair = pair_of(user, peer)
+        cursor = after if after is not None else before
+        if cursor is not None and not ID_RE.fullmatch(cursor):
+            raise CursorError(f"cursor {cursor[:80]!r} is not a message id")
         with self.engine.connect() as db:
             floor = self._floor(db, user)
             query = select(messages).where(messages.c.pair == pair, messages.c.seq > floor)
+            # The cursor's seq in the same statement (one round trip); an unknown cursor
+            # matches nothing, and an empty page is then checked for why.
+            at = (
+                select(messages.c.seq)
+                .where(messages.c.id == cursor, messages.c.pair == pair)
+                .scalar_subquery()
+            )
             if after is not None:
-                seq = self._cursor_seq(db, after, pair)
-                query = query.where(messages.c.seq > seq).order_by(messages.c.seq.asc())
+                query = query.where(messages.c.seq > at).order_by(messages.c.seq.asc())
             else:
                 if before is not None:
-                    seq = self._cursor_seq(db, before, pair)
-                    query = query.where(messages.c.seq < seq)
+                    query = query.where(messages.c.seq < at)
                 query = query.order_by(messages.c.seq.desc())
             rows = list(db.execute(query.limit(limit + 1)).all())
+            if not rows and cursor is not None:
+                self._cursor_seq(db, cursor, pair)  # raises for a cursor of no message here
             has_more = len(rows) > limit
             rows = rows[:limit]
             if after is None:
