@@ -16,6 +16,7 @@ fast, and each extra device costs what one more queue costs.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import secrets
 import sqlite3
@@ -240,7 +241,7 @@ def _fill(store: Store, size: int) -> list[str]:
 def _history(ctx: Context, result: ScenarioResult) -> None:
     from tests.integration.archive_db import archive_database, postgres_answers
 
-    size = ctx.size(20_000, 100_000)
+    size = 100_000  # the figure; filling it takes well under a minute
     kinds = ["sqlite"] + (["postgresql"] if postgres_answers() else [])
     if "postgresql" not in kinds:
         result.notes.append("history page on PostgreSQL skipped: nothing answers on 5432")
@@ -250,14 +251,16 @@ def _history(ctx: Context, result: ScenarioResult) -> None:
             try:
                 ids = _fill(store, size)
                 rng = random.Random(13)
-                latencies = []
+                latencies, cpu = [], []
                 for _ in range(ctx.size(300, 1_000)):
                     cursor = rng.choice(ids[PAGE:])
-                    begin = time.perf_counter()
+                    begin, begin_cpu = time.perf_counter(), time.process_time()
                     page = store.page("bob", "ann", before=cursor, limit=PAGE)
                     latencies.append((time.perf_counter() - begin) * 1000)
+                    cpu.append((time.process_time() - begin_cpu) * 1000)
                     assert len(page.messages) == PAGE
                 latencies.sort()
+                cpu.sort()
                 p99 = percentile(latencies, 99)
                 result.runs.append(Run.from_latencies(f"history page, {kind}", latencies,
                                                       sum(latencies) / 1000))  # fmt: skip
@@ -268,7 +271,9 @@ def _history(ctx: Context, result: ScenarioResult) -> None:
                         "ms",
                         target=f"≤ {PAGE_P99_TARGET_MS:.0f} ms",
                         met=p99 <= PAGE_P99_TARGET_MS,
-                        baseline=f"p50 {percentile(latencies, 50):.1f} ms; a page of {PAGE}",
+                        baseline=f"p50 {percentile(latencies, 50):.1f} ms; our CPU p99 "
+                        f"{percentile(cpu, 99):.1f} ms (the rest: waiting for a core, the "
+                        f"database); load average {os.getloadavg()[0]:.1f}",
                     )
                 )
             finally:

@@ -101,7 +101,7 @@ class Ingest:
         finally:
             self.connected.clear()
             if connection.is_open:
-                with contextlib.suppress(_FAILURES):
+                with contextlib.suppress(*_FAILURES):
                     connection.close()
 
     def _loop(self, channel: BlockingChannel) -> None:

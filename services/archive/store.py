@@ -81,7 +81,9 @@ def open_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # No pre-ping (a round trip per request); a connection the server dropped fails one
+    # request and is replaced, and none is kept longer than five minutes.
+    return create_engine(url, pool_recycle=300, pool_size=5, max_overflow=5)
 
 
 class Store:
@@ -90,6 +92,11 @@ class Store:
         migrate(engine)
         self._seq_lock = threading.Lock()
         self._next_seq: int | None = None
+        # Deleted users' floors: few, changed only by forget_user here; read on every request.
+        with engine.connect() as db:
+            self._floors = {
+                row.username: int(row.floor_seq) for row in db.execute(select(user_floors))
+            }
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -308,18 +315,28 @@ class Store:
         if before is not None and after is not None:
             raise CursorError("give at most one of before and after")
         pair = pair_of(user, peer)
+        cursor = after if after is not None else before
+        if cursor is not None and not ID_RE.fullmatch(cursor):
+            raise CursorError(f"cursor {cursor[:80]!r} is not a message id")
         with self.engine.connect() as db:
             floor = self._floor(db, user)
             query = select(messages).where(messages.c.pair == pair, messages.c.seq > floor)
+            # The cursor's seq in the same statement (one round trip); an unknown cursor
+            # matches nothing, and an empty page is then checked for why.
+            at = (
+                select(messages.c.seq)
+                .where(messages.c.id == cursor, messages.c.pair == pair)
+                .scalar_subquery()
+            )
             if after is not None:
-                seq = self._cursor_seq(db, after, pair)
-                query = query.where(messages.c.seq > seq).order_by(messages.c.seq.asc())
+                query = query.where(messages.c.seq > at).order_by(messages.c.seq.asc())
             else:
                 if before is not None:
-                    seq = self._cursor_seq(db, before, pair)
-                    query = query.where(messages.c.seq < seq)
+                    query = query.where(messages.c.seq < at)
                 query = query.order_by(messages.c.seq.desc())
             rows = list(db.execute(query.limit(limit + 1)).all())
+            if not rows and cursor is not None:
+                self._cursor_seq(db, cursor, pair)  # raises for a cursor of no message here
             has_more = len(rows) > limit
             rows = rows[:limit]
             if after is None:
@@ -402,13 +419,13 @@ class Store:
             db.execute(delete(receipts).where(receipts.c.reader == user))
             db.execute(delete(user_floors).where(user_floors.c.username == user))
             db.execute(insert(user_floors).values(username=user, floor_seq=floor))
+        self._floors[user] = floor
         logger.info("forgot the archive of %s", user)
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _floor(self, db: Connection, user: str) -> int:
-        value = db.scalar(select(user_floors.c.floor_seq).where(user_floors.c.username == user))
-        return int(value or 0)
+    def _floor(self, _db: Connection, user: str) -> int:
+        return self._floors.get(user, 0)
 
     def _cursor_seq(self, db: Connection, cursor: str, pair: str | None, user: str = "") -> int:
         if not ID_RE.fullmatch(cursor):
@@ -428,17 +445,16 @@ class Store:
 
     def _read_marks(self, db: Connection, user: str, peer: str) -> tuple[int, int]:
         """(how far `user` has read `peer`'s messages, how far `peer` has let `user` see
-        that it read `user`'s)."""
-        own = db.scalar(
-            select(conversations.c.read_seq).where(
-                conversations.c.username == user, conversations.c.peer == peer
+        that it read `user`'s), in one query."""
+        c = conversations.c
+        rows = db.execute(
+            select(c.username, c.read_seq, c.shared_read_seq).where(
+                ((c.username == user) & (c.peer == peer))
+                | ((c.username == peer) & (c.peer == user))
             )
-        )
-        theirs = db.scalar(
-            select(conversations.c.shared_read_seq).where(
-                conversations.c.username == peer, conversations.c.peer == user
-            )
-        )
+        ).all()
+        own = next((r.read_seq for r in rows if r.username == user), 0)
+        theirs = next((r.shared_read_seq for r in rows if r.username == peer), 0)
         return int(own or 0), int(theirs or 0)
 
 
@@ -452,7 +468,8 @@ def _archived(row: Row[Any], viewer: str, marks: tuple[int, int]) -> ArchivedMes
         status = "read"
     elif row.delivered:
         status = "delivered"
-    return ArchivedMessage(
+    # Stored rows were validated at ingest: no second validation per row of a page.
+    return ArchivedMessage.model_construct(
         id=row.id,
         client_id=row.client_id,
         sender=row.sender,

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from protocol.accounts import DisplayName, Password, Username
 from services.auth.errors import BrokerLoginRefused, BrokerUnavailable
 from services.auth.hashing import PasswordHashing, check_argon2_hash
-from services.auth.inboxes import Inboxes
+from services.auth.inboxes import Anchors
 from services.auth.store import Store, UserRecord
 from services.auth.validation import describe_errors
 
@@ -92,7 +92,7 @@ def parse_file(text: str) -> list[Any]:
 
 
 def import_users(
-    entries: list[Any], store: Store, hashing: PasswordHashing, inboxes: Inboxes
+    entries: list[Any], store: Store, hashing: PasswordHashing, inboxes: Anchors
 ) -> list[EntryResult]:
     """Import every valid entry; stop at the first broker failure (reported as FAILED)."""
     results: list[EntryResult] = []
@@ -118,7 +118,7 @@ def import_users(
 
 
 def _import_one(
-    index: int, entry: ImportedUser, store: Store, hashing: PasswordHashing, inboxes: Inboxes
+    index: int, entry: ImportedUser, store: Store, hashing: PasswordHashing, inboxes: Anchors
 ) -> EntryResult:
     present = store.get_user(entry.username) is not None
     inboxes.declare(entry.username)  # also for users present: repairs a missing inbox

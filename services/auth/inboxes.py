@@ -49,10 +49,12 @@ _REFUSED = (pika.exceptions.ProbableAuthenticationError, pika.exceptions.Authent
 T = TypeVar("T")
 
 
-class Inboxes(Protocol):
+class Anchors(Protocol):
     def declare(self, username: str) -> None:
         """Make sure the user's anchor exists and is bound; raise BrokerUnavailable if not."""
 
+
+class Inboxes(Anchors, Protocol):
     def declare_device(self, username: str, device_id: str) -> str:
         """Declare and bind a device queue; its name. BrokerUnavailable if not possible."""
 

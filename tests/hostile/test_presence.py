@@ -22,9 +22,9 @@ def passive(broker, user, queue: str) -> tuple[int, int] | int:
     connection = broker.connect(user.username, user.token)
     try:
         frame = connection.channel().queue_declare(queue, passive=True)
-        return frame.method.message_count, frame.method.consumer_count
+        return int(frame.method.message_count), int(frame.method.consumer_count)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        return exc.reply_code
+        return int(exc.reply_code)
     finally:
         close_quietly(connection)
 

@@ -135,9 +135,11 @@ def api(auth: AuthService, method: str, path: str, user: User | None = None, **k
     return httpx.request(method, f"{auth.url}{path}", headers=headers, timeout=30, **kwargs)
 
 
-def whole_conversation(auth: AuthService, user: User, peer: str, limit: int = 200) -> list[dict]:
+def whole_conversation(
+    auth: AuthService, user: User, peer: str, limit: int = 200
+) -> list[dict[str, Any]]:
     """Every message of a conversation, paging back from the newest by cursor."""
-    messages: list[dict] = []
+    messages: list[dict[str, Any]] = []
     params: dict[str, str] = {"limit": str(limit)}
     while True:
         response = api(auth, "GET", f"/v1/conversations/{peer}/messages", user, params=params)

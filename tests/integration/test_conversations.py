@@ -8,10 +8,12 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 import httpx
 import pytest
 
+from deploy.local_broker import free_port
 from protocol.topology import user_anchor_queue
 from tests.integration.conversation_helpers import (
     Device,
@@ -21,7 +23,7 @@ from tests.integration.conversation_helpers import (
     whole_conversation,
 )
 from tests.integration.messaging_helpers import connect
-from tests.integration.stack import eventually, log_in_device, signup_and_login
+from tests.integration.stack import eventually, log_in_device, signup_and_login, start_auth
 
 pytestmark = pytest.mark.usefixtures("relay", "archive")
 
@@ -31,7 +33,7 @@ def send_all(auth, sender, to: str, texts: list[str]) -> list[str]:
     with connect(auth, sender) as connection:
         answers = connection.send_many([(to, t) for t in texts], window=200, timeout=120)
     assert [a.status for a in answers] == ["accepted"] * len(texts), answers[:3]
-    return [a.id for a in answers]
+    return [str(a.id) for a in answers]
 
 
 def test_every_device_gets_every_message_once_in_order_and_a_new_one_pages_all(broker, auth):
@@ -89,7 +91,7 @@ def test_every_device_gets_every_message_once_in_order_and_a_new_one_pages_all(b
     eventually(archived, timeout=60)
     for sender, count in zip(senders, counts, strict=True):
 
-        def complete(sender=sender, count=count) -> list[dict]:
+        def complete(sender=sender, count=count) -> list[dict[str, Any]]:
             history = whole_conversation(auth, bob_3, sender.username)
             return history if len(history) == count else []
 
@@ -116,7 +118,7 @@ def test_a_killed_archive_ends_with_every_accepted_message_once(broker, auth, ar
     sender.join(180)
     assert len(ids) == 600
 
-    def complete() -> list[dict]:
+    def complete() -> list[dict[str, Any]]:
         history = whole_conversation(auth, bob, alice.username)
         return history if len(history) >= 600 else []
 
@@ -149,6 +151,38 @@ def test_a_device_whose_queue_is_gone_catches_up_by_sync(broker, auth):
         return [m["id"] for m in page["messages"]] if len(page["messages"]) == 4 else []
 
     assert eventually(synced, timeout=30) == [first[1], *missed, *later]
+
+
+def test_a_device_offline_past_its_queues_lifetime_catches_up_completely(broker, auth, tmp_path):
+    """A second auth service on the same store declares device queues that expire after 3 s
+    unused (the broker deletes them, messages and all); the archive still has everything."""
+    short = start_auth(
+        broker,
+        tmp_path,
+        MESSENGER_AUTH_DB_PATH=str(auth.db_path),
+        MESSENGER_AUTH_BROKER_API_PORT=str(free_port()),  # the broker asks the session's
+        MESSENGER_AUTH_DEVICE_QUEUE_IDLE_DAYS=str(3 / 86400),
+    )
+    try:
+        alice, bob = signup_and_login(auth, "alice"), signup_and_login(short, "bob")
+        first = send_all(auth, alice, bob.username, ["one", "two"])
+        # (listed by rabbitmqctl: a passive declare would count as use and keep it alive)
+        eventually(lambda: bob.device_queue not in broker.queue_depths(), timeout=60, interval=1)
+        later = send_all(auth, alice, bob.username, ["three"])
+    finally:
+        short.stop()
+
+    def synced() -> list[str]:
+        answer = api(auth, "GET", "/v1/sync", bob)
+        assert answer.status_code == 200, answer.text
+        texts = [m["text"] for m in answer.json()["messages"]]
+        return texts if len(texts) == 3 else []
+
+    assert eventually(synced, timeout=30) == ["one", "two", "three"]
+    page = api(auth, "GET", "/v1/sync", bob, params={"after": first[1]}).json()
+    assert [m["id"] for m in page["messages"]] == later
+    again = api(auth, "PUT", "/v1/sessions/current/queue", bob)
+    assert again.status_code == 200 and queue_exists(broker, bob.device_queue)
 
 
 def test_read_receipts_reach_the_sender_and_the_readers_devices_unless_turned_off(broker, auth):

@@ -1,7 +1,7 @@
 """`make run` as an operator uses it: supervised parts, stable addresses, import, two at once.
 
 One instance (`python -m deploy.run`, what `make run` runs) is started for the module on a
-private data directory and port. Its relay, auth service and broker node are SIGKILLed one
+private data directory and port. Its relay, auth service, broker node and archive are SIGKILLed one
 at a time; each must come back by itself, and a message sent while it was down must arrive
 exactly once. The time from the kill until a message flows end to end again is logged
 (`-o log_cli=true` shows it). A second instance runs beside the first, and is restarted on
@@ -215,7 +215,7 @@ class Flow:
             self.read()
 
 
-@pytest.mark.parametrize("part", ["relay", "auth service", "broker node"])
+@pytest.mark.parametrize("part", ["relay", "auth service", "broker node", "archive"])
 def test_a_killed_part_comes_back_by_itself_and_nothing_is_lost(
     instance: Instance, pair: tuple[Person, Person], part: str
 ):

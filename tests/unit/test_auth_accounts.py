@@ -10,11 +10,14 @@ from protocol.accounts import SignupRequest
 from protocol.topology import device_queue
 from services.auth.accounts import Accounts
 from services.auth.errors import (
+    AccountDeleted,
     BrokerUnavailable,
     InvalidCredentials,
+    NameHeld,
     RateLimited,
     UnknownUser,
     UsernameTaken,
+    WrongPassword,
 )
 from services.auth.hashing import PasswordHashing
 from services.auth.ratelimit import LoginLimiter
@@ -192,3 +195,54 @@ def test_a_hash_with_old_parameters_is_upgraded_at_the_next_login(store, inboxes
 def test_looking_up_an_unknown_user_raises(accounts):
     with pytest.raises(UnknownUser):
         accounts.user("nobody")
+
+
+def test_expired_sessions_are_swept_with_their_device_queues(store, inboxes):
+    now = [1_000_000.0]
+    limiter = LoginLimiter.create(per_user=3, per_address=5, window_seconds=60)
+    accounts = Accounts(
+        store, cheap_hashing(), limiter, inboxes, token_ttl_seconds=60, clock=lambda: now[0]
+    )
+    sign_up(accounts)
+    old = accounts.log_in("alice", PASSWORD, None)
+    now[0] += 30
+    young = accounts.log_in("alice", PASSWORD, None)
+    now[0] += 31  # the first has expired, the second not yet
+    assert accounts.sweep_expired_sessions() == 1
+    assert inboxes.deleted == [old.device_queue]
+    assert accounts.current_session(young.token).device_queue == young.device_queue
+    assert accounts.sweep_expired_sessions() == 0
+
+
+def test_logout_deletes_the_device_queue_and_only_its_own(accounts, inboxes):
+    sign_up(accounts)
+    first = accounts.log_in("alice", PASSWORD, None)
+    second = accounts.log_in("alice", PASSWORD, None)
+    assert first.device_queue != second.device_queue
+    accounts.log_out(first.token)
+    assert inboxes.deleted == [first.device_queue]
+    assert accounts.redeclare_device(second.token) == second.device_queue
+
+
+def test_a_deleted_name_is_held_then_free_again(store, inboxes):
+    now = [1_000_000.0]
+    limiter = LoginLimiter.create(per_user=3, per_address=5, window_seconds=60)
+    forgotten: list[str] = []
+    accounts = Accounts(
+        store, cheap_hashing(), limiter, inboxes, token_ttl_seconds=600,
+        clock=lambda: now[0], deleted_name_hold_seconds=100, forget_archive=forgotten.append,
+    )  # fmt: skip
+    sign_up(accounts)
+    session = accounts.log_in("alice", PASSWORD, None)
+    with pytest.raises(WrongPassword):
+        accounts.delete_account(session.token, "not the password")
+    assert forgotten == [] and store.get_user("alice") is not None
+    accounts.delete_account(session.token, PASSWORD)
+    assert forgotten == ["alice"] and inboxes.deleted == [session.device_queue]
+    with pytest.raises(AccountDeleted):
+        accounts.user("alice")
+    with pytest.raises(NameHeld):
+        sign_up(accounts)
+    now[0] += 101
+    sign_up(accounts)  # the hold is over
+    assert accounts.user("alice").username == "alice"
