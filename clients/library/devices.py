@@ -37,7 +37,7 @@ from protocol.topology import inbox_queue
 logger = logging.getLogger(__name__)
 
 # `inbox` waits this long for the legacy inbox to bring more before it counts as drained.
-LEGACY_IDLE_SECONDS = 0.5
+LEGACY_IDLE_SECONDS = 0.2
 _LEGACY_GONE_KEY = "legacy_inbox_gone"
 
 

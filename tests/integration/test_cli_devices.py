@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import pexpect
+import pika
 import pytest
 
 from clients.library.history import History
-from protocol.topology import VHOST
+from protocol.topology import TYPE_MESSAGE, VHOST, inbox_queue
 from tests.integration.cli_driver import COMMAND, Person
 from tests.integration.stack import (
     AuthService,
@@ -307,3 +308,26 @@ def test_chat_on_a_new_device_opens_with_the_server_history_and_shows_carbons_an
     bob.ok("inbox")
     statuses = bob.ok("history", alice.username, "--json").json_lines()
     assert (statuses[0]["text"], statuses[0]["status"]) == ("from before this device", "read")
+
+
+def test_what_waits_in_a_legacy_inbox_is_drained_once(alice: Person, broker: Broker):
+    # A message from before devices: only in `inbox.<alice>`, put there as the relay did.
+    body = json.dumps(
+        {"id": "01a20000-0000-8000-8000-000000000001", "from": "bob0legacy", "to": alice.username,
+         "text": "from the old days", "sent_at": "2026-11-01T10:00:00+00:00"}
+    ).encode()  # fmt: skip
+    connection = pika.BlockingConnection(broker.params("relay", broker.service_passwords["relay"]))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            "", inbox_queue(alice.username), body,
+            pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, type=TYPE_MESSAGE),
+            mandatory=True,
+        )  # fmt: skip
+    finally:
+        connection.close()
+    rows = alice.ok("inbox", "--json").json_lines()
+    assert [r["text"] for r in rows] == ["from the old days"]
+    assert alice.ok("inbox", "--json").json_lines() == []
+    assert broker.queue_depths().get(inbox_queue(alice.username), 0) == 0
