@@ -10,7 +10,10 @@ conversation only, and a cursor moved past the others would skip what they misse
 
 A device with no cursor yet starts from where the server stands: its local history's newest
 id (a device that ran before there was an archive), or the newest last message of its
-conversations (a new device: older messages are history, paged on demand, not news).
+conversations (a new device: older messages are history, paged on demand). A new device
+first takes in, as news, the messages its conversations count as unread: what came before
+this device and nobody read on another one, including all that was sent to the user before
+their first login (no queue held it; the archive did).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from protocol.conversations import PAGE_LIMIT_MAX, SyncPage
 logger = logging.getLogger(__name__)
 
 CURSOR_KEY = "sync_cursor"
+# A new device fetches the unread messages of a conversation in one page with this many
+# more (the owner's own messages may sit between them).
+UNREAD_SLACK = 50
 # A sync that pages this often is stopped (200 a page: 100,000 messages); the next connect
 # goes on from where it stopped.
 MAX_PAGES = 500
@@ -40,25 +46,37 @@ class Syncer:
         self._api = api
         self._history = history
 
-    def cursor(self) -> str | None:
-        """Where the next sync starts, set on first use (see the module's docstring)."""
+    def cursor(self, on_page: Callable[[SyncPage], object] | None = None) -> str | None:
+        """Where the next sync starts, set on first use (see the module's docstring). A new
+        device first hands `on_page` the unread messages of each conversation (what was
+        sent before this device, or before the user's first login, and nobody has read:
+        news), as pages of their own."""
         cursor = self._history.state(CURSOR_KEY)
         if cursor is not None:
             return cursor
         cursor = self._history.newest_id()
         if cursor is None:
-            # Not stored: the newest of them may still be on its way through the device
-            # queue (it exists since login), and must be shown when it comes.
-            lasts = [s.last_message for s in self._api.conversations() if s.last_message]
-            cursor = newest([m.id for m in lasts])
+            summaries = self._api.conversations()
+            # The last messages are not stored here: the newest may still be on its way
+            # through the device queue (it exists since login), to be shown when it comes.
+            cursor = newest([s.last_message.id for s in summaries if s.last_message])
+            for summary in summaries:
+                if summary.unread > 0 and summary.peer != self._history.owner and on_page:
+                    on_page(self._unread(summary.peer, summary.unread))
         if cursor is not None:
             self._history.advance_state(CURSOR_KEY, cursor)
         return cursor
 
+    def _unread(self, peer: str, unread: int) -> SyncPage:
+        """The newest `unread` messages from `peer` (the archive counts them)."""
+        page = self._api.messages(peer, limit=min(unread + UNREAD_SLACK, PAGE_LIMIT_MAX))
+        received = [m for m in page.messages if m.sender == peer]
+        return SyncPage(messages=received[-unread:], receipts=[], has_more=False)
+
     def run(self, on_page: Callable[[SyncPage], object]) -> int:
         """Fetch every page after the cursor; `on_page` stores it, then the cursor moves.
         Returns how many messages came."""
-        after = self.cursor()
+        after = self.cursor(on_page)
         count = 0
         for _ in range(MAX_PAGES):
             page = self._api.sync(after, limit=PAGE_LIMIT_MAX)

@@ -331,3 +331,22 @@ def test_what_waits_in_a_legacy_inbox_is_drained_once(alice: Person, broker: Bro
     assert [r["text"] for r in rows] == ["from the old days"]
     assert alice.ok("inbox", "--json").json_lines() == []
     assert broker.queue_depths().get(inbox_queue(alice.username), 0) == 0
+
+
+def test_a_new_device_shows_what_nobody_has_read_yet(alice: Person, bob: Person, tmp_path: Path):
+    bob.ok("send", alice.username, "read on the laptop")
+    assert "read on the laptop" in alice.ok("inbox").out
+    texts = ["unread 1", "unread 2"]
+    for text in texts:
+        bob.ok("send", alice.username, text)  # the laptop is off now
+
+    def archived_unread() -> bool:
+        rows = alice.ok("conversations", "--json").json_lines()
+        return bool(rows and rows[0]["unread"] == 2)
+
+    eventually(archived_unread, timeout=30, interval=0.5)
+    phone = device(alice, tmp_path, "phone")  # its queue is younger than those messages
+    assert [r["text"] for r in phone.ok("inbox", "--json").json_lines()] == texts
+    assert phone.ok("inbox", "--json").json_lines() == []
+    history = phone.ok("history", bob.username, "--json").json_lines()
+    assert [r["text"] for r in history] == ["read on the laptop", *texts]

@@ -18,6 +18,7 @@ from protocol.conversations import (
     AccountSettings,
     ArchivedMessage,
     ConversationSummary,
+    MessagePage,
     SyncPage,
 )
 from protocol.messages import DeliveredMessage, ReceiptNotice
@@ -185,9 +186,13 @@ class FakeApi:
         self.pages = list(pages)
         self.summaries = list(summaries)
         self.asked: list[str | None] = []
+        self.pages_of: dict[str, list[ArchivedMessage]] = {}
 
     def conversations(self) -> list[ConversationSummary]:
         return self.summaries
+
+    def messages(self, peer: str, limit: int = 50) -> MessagePage:
+        return MessagePage(messages=self.pages_of.get(peer, [])[-limit:], has_more=False)
 
     def sync(self, after: str | None, limit: int = 200) -> SyncPage:
         self.asked.append(after)
@@ -206,6 +211,18 @@ def test_a_new_device_starts_from_the_newest_last_message(history: History):
     assert api.asked == ["m5"]
     assert history.get("m5") is None  # may be in the device queue: shown when it comes
     assert history.state(CURSOR_KEY) == "m6"
+
+
+def test_a_new_device_takes_in_what_is_unread_first(history: History):
+    bob = ConversationSummary(peer="bob", last_message=archived("m4"), unread=2, updated_at=T0)
+    carol = ConversationSummary(peer="carol", last_message=archived("m2", "carol"), updated_at=T0)
+    api: Any = FakeApi([page()], [bob, carol])
+    api.pages_of = {"bob": [archived("m1"), archived("m2x", "alice", "bob"), archived("m3"),
+                            archived("m4")]}  # fmt: skip
+    seen: list[SyncPage] = []
+    Syncer(api, history).run(seen.append)
+    assert [[m.id for m in p.messages] for p in seen] == [["m3", "m4"], []]
+    assert api.asked == ["m4"]
 
 
 def test_sync_pages_on_and_the_cursor_follows(history: History):
