@@ -88,13 +88,18 @@ class Cli:
         try:
             with self.conversations(session) as api:
                 device = api.device()
+                if device is None:  # an older server: the legacy inbox, as before
+                    return session
+                if device.device_queue:
+                    return self.save_device(session, device.device_id, device.device_queue)
+                # A session from before devices: the server gives it one now.
+                queue = api.redeclare_device_queue()
+                device = api.device()
         except AuthenticationFailed:
             raise
         except MessengerError:
             return session
-        if device is None:
-            return session
-        return self.save_device(session, device.device_id, device.device_queue)
+        return self.save_device(session, device.device_id if device else None, queue)
 
     def save_device(
         self, session: StoredSession, device_id: str | None, device_queue: str

@@ -85,7 +85,7 @@ def _fill(
         with cli.conversations(session) as api:
             fill_recent(api, history, peer, limit or RECENT)
             fill_back(api, history, peer, limit)
-    except (AuthenticationFailed, InvalidInput):
+    except AuthenticationFailed:
         raise
     except NotFound:
         return None  # no such user: the empty local history says it below

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from clients.library.conversations import ConversationsClient
+from clients.library.errors import InvalidInput
 from clients.library.history import History
 from protocol.conversations import PAGE_LIMIT_MAX, SyncPage
 
@@ -47,24 +48,29 @@ class Syncer:
         self._history = history
 
     def cursor(self, on_page: Callable[[SyncPage], object] | None = None) -> str | None:
-        """Where the next sync starts, set on first use (see the module's docstring). A new
-        device first hands `on_page` the unread messages of each conversation (what was
-        sent before this device, or before the user's first login, and nobody has read:
-        news), as pages of their own."""
+        """Where the next sync starts, set on first use (see the module's docstring)."""
         cursor = self._history.state(CURSOR_KEY)
         if cursor is not None:
             return cursor
         cursor = self._history.newest_id()
         if cursor is None:
-            summaries = self._api.conversations()
-            # The last messages are not stored here: the newest may still be on its way
-            # through the device queue (it exists since login), to be shown when it comes.
-            cursor = newest([s.last_message.id for s in summaries if s.last_message])
-            for summary in summaries:
-                if summary.unread > 0 and summary.peer != self._history.owner and on_page:
-                    on_page(self._unread(summary.peer, summary.unread))
+            return self._start_from_server(on_page)
+        self._history.advance_state(CURSOR_KEY, cursor)
+        return cursor
+
+    def _start_from_server(self, on_page: Callable[[SyncPage], object] | None) -> str | None:
+        """Start at the newest last message of the conversations; first hand `on_page` the
+        unread messages of each (what came before this device, or before the user's first
+        login, and nobody has read: news), as pages of their own."""
+        summaries = self._api.conversations()
+        # The last messages are not stored here: the newest may still be on its way
+        # through the device queue (it exists since login), to be shown when it comes.
+        cursor = newest([s.last_message.id for s in summaries if s.last_message])
+        for summary in summaries:
+            if summary.unread > 0 and summary.peer != self._history.owner and on_page:
+                on_page(self._unread(summary.peer, summary.unread))
         if cursor is not None:
-            self._history.advance_state(CURSOR_KEY, cursor)
+            self._history.set_state(CURSOR_KEY, cursor)
         return cursor
 
     def _unread(self, peer: str, unread: int) -> SyncPage:
@@ -79,7 +85,16 @@ class Syncer:
         after = self.cursor(on_page)
         count = 0
         for _ in range(MAX_PAGES):
-            page = self._api.sync(after, limit=PAGE_LIMIT_MAX)
+            try:
+                page = self._api.sync(after, limit=PAGE_LIMIT_MAX)
+            except InvalidInput:
+                if after is None:
+                    raise
+                # The archive does not know the cursor (a message from before the archive,
+                # or one it has not taken in yet): start again from where the server stands.
+                logger.info("the server does not know the sync cursor %s; starting afresh", after)
+                after = self._start_from_server(on_page)
+                continue
             on_page(page)
             count += len(page.messages)
             last = newest([m.id for m in page.messages])

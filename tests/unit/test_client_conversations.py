@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from clients.library.errors import ServerUnreachable
+from clients.library.errors import InvalidInput, ServerUnreachable
 from clients.library.history import History
+from clients.library.pages import fill_back, fill_recent
 from clients.library.receipts import ReadReceipts, SettingsCache, newest_per_sender
 from clients.library.sync import CURSOR_KEY, Syncer, advance_cursor
 from protocol.conversations import (
@@ -182,16 +183,18 @@ def test_an_old_database_is_migrated(tmp_path: Path):
 class FakeApi:
     """The two calls the syncer makes, answered from lists (no HTTP)."""
 
-    def __init__(self, pages: list[SyncPage], summaries: list[ConversationSummary] = ()):  # type: ignore[assignment]
+    def __init__(
+        self, pages: list[SyncPage], summaries: list[ConversationSummary] | None = None
+    ) -> None:
         self.pages = list(pages)
-        self.summaries = list(summaries)
+        self.summaries = list(summaries or [])
         self.asked: list[str | None] = []
         self.pages_of: dict[str, list[ArchivedMessage]] = {}
 
     def conversations(self) -> list[ConversationSummary]:
         return self.summaries
 
-    def messages(self, peer: str, limit: int = 50) -> MessagePage:
+    def messages(self, peer: str, limit: int = 50, **_cursor: str | None) -> MessagePage:
         return MessagePage(messages=self.pages_of.get(peer, [])[-limit:], has_more=False)
 
     def sync(self, after: str | None, limit: int = 200) -> SyncPage:
@@ -274,3 +277,42 @@ def test_settings_are_cached_and_fall_back_when_the_server_is_away(history: Hist
     assert cache.read_receipts() is False and len(calls) == 1  # cached
     now[0] = T0 + timedelta(hours=1)
     assert cache.read_receipts() is False and len(calls) == 2  # stale, server away: cache
+
+
+class UnknownCursorApi(FakeApi):
+    """An archive that knows no cursor but the ones in `known` (422 otherwise)."""
+
+    def __init__(self, known: set[str | None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.known = known
+
+    def sync(self, after: str | None, limit: int = 200) -> SyncPage:
+        if after not in self.known:
+            self.asked.append(after)
+            raise InvalidInput("after names no message of this user")
+        return super().sync(after, limit)
+
+    def messages(self, peer: str, limit: int = 50, **cursor: str | None) -> MessagePage:
+        named = cursor.get("before") or cursor.get("after")
+        if named is not None and named not in self.known:
+            raise InvalidInput("the cursor names no message of this conversation")
+        return super().messages(peer, limit)
+
+
+def test_a_cursor_the_archive_does_not_know_starts_the_sync_afresh(history: History):
+    history.store_received_many([live("m0-before-the-archive")])
+    summary = ConversationSummary(peer="bob", last_message=archived("m7"), updated_at=T0)
+    api: Any = UnknownCursorApi({"m7"}, pages=[page("m8")], summaries=[summary])
+    assert Syncer(api, history).run(lambda p: None) == 1
+    assert api.asked == ["m0-before-the-archive", "m7"]
+    assert history.state(CURSOR_KEY) == "m8"
+
+
+def test_pages_around_messages_the_archive_does_not_know(history: History):
+    history.store_received_many([live("m5-local-only")])
+    api: Any = UnknownCursorApi(set(), pages=[])
+    api.pages_of = {"bob": [archived("m6"), archived("m7")]}
+    fill_recent(api, history, "bob", 20)  # the newest page instead
+    assert [m.id for m in history.conversation("bob")] == ["m5-local-only", "m6", "m7"]
+    assert fill_back(api, history, "bob", None) == 0  # nothing older in the archive
+    assert history.filled("bob")
