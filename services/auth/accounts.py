@@ -128,10 +128,11 @@ class Accounts:
         """Declare this session's device queue again (it expired, or was lost); its name.
         A session from before devices gets a device now."""
         session, user = self._session(token)
-        device_id = session.device_id
-        if not device_id:
-            raise InvalidCredentials()
-        return self.inboxes.declare_device(user.username, device_id)
+        device_id = session.device_id or new_device_id()
+        queue = self.inboxes.declare_device(user.username, device_id)
+        if not session.device_id:
+            self.store.set_session_device(token_hash(token), device_id)
+        return queue
 
     def settings(self, token: str) -> AccountSettings:
         _, user = self._session(token)

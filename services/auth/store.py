@@ -151,6 +151,14 @@ class Store:
             ).fetchone()
         return SessionRecord(*row) if row else None
 
+    def set_session_device(self, token_hash: str, device_id: str) -> None:
+        """Give a session from before devices its device."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE sessions SET device_id = ? WHERE token_hash = ? AND device_id IS NULL",
+                (device_id, token_hash),
+            )
+
     def take_expired_sessions(self, now: float) -> list[SessionRecord]:
         """Delete every expired session; what they were (their device queues go next)."""
         with self._lock:

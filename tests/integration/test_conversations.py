@@ -4,6 +4,7 @@ device queues, so these tests hold the server to the contract whatever the clien
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from deploy.local_broker import free_port
-from protocol.topology import user_anchor_queue
+from protocol.topology import inbox_queue, user_anchor_queue
 from tests.integration.conversation_helpers import (
     Device,
     api,
@@ -23,7 +24,13 @@ from tests.integration.conversation_helpers import (
     whole_conversation,
 )
 from tests.integration.messaging_helpers import connect
-from tests.integration.stack import eventually, log_in_device, signup_and_login, start_auth
+from tests.integration.stack import (
+    deliver_as_relay,
+    eventually,
+    log_in_device,
+    signup_and_login,
+    start_auth,
+)
 
 pytestmark = pytest.mark.usefixtures("relay", "archive")
 
@@ -289,3 +296,31 @@ def test_the_archive_api_answers_only_with_the_shared_key(archive):
                     {"X-Messenger-User": "alice", "X-Messenger-Archive-Key": "guess"}):  # fmt: skip
         assert httpx.get(url, headers=headers, timeout=10).status_code == 401
     assert archive.get("/v1/conversations", "alice").status_code == 200
+
+
+def test_migrate_gives_anchors_and_retires_legacy_inboxes_keeping_undrained_ones(
+    broker, auth, tmp_path
+):
+    """On a user store of its own (the session's users keep their inboxes)."""
+    store = {"MESSENGER_AUTH_DB_PATH": str(tmp_path / "old.sqlite3")}
+    names = [f"m{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    users = [{"username": n, "display_name": n, "password": "x" * 12} for n in names]
+    imported = auth.cli_with(store, "import", "-", stdin=json.dumps({"users": users}))
+    assert imported.returncode == 0, imported.stderr
+    drained, waiting = names
+    deliver_as_relay(broker.node, waiting, b'{"unread": true}')
+    depths = broker.queue_depths()
+    assert depths[inbox_queue(drained)] == 0 and depths[inbox_queue(waiting)] == 1
+
+    off = {**store, "MESSENGER_AUTH_LEGACY_INBOXES": "false"}
+    for _ in range(2):  # idempotent
+        migrated = auth.cli_with(off, "migrate")
+        assert migrated.returncode == 0, migrated.stderr
+    assert "2 anchors" in migrated.stdout
+    depths = broker.queue_depths()
+    assert inbox_queue(drained) not in depths  # empty: deleted
+    assert depths[inbox_queue(waiting)] == 1  # kept for its owner's client to drain
+    assert {user_anchor_queue(n) for n in names} <= set(depths)
+    # unbound: a message now reaches the anchor (routable), not the old inbox
+    deliver_as_relay(broker.node, waiting, b'{"later": true}')
+    assert broker.queue_depths()[inbox_queue(waiting)] == 1

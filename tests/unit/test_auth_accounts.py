@@ -246,3 +246,16 @@ def test_a_deleted_name_is_held_then_free_again(store, inboxes):
     now[0] += 101
     sign_up(accounts)  # the hold is over
     assert accounts.user("alice").username == "alice"
+
+
+def test_a_session_from_before_devices_gets_one_when_it_asks_for_its_queue(
+    accounts, store, inboxes
+):
+    sign_up(accounts)
+    token = "an-old-token"
+    store.add_session(token_hash(token), "alice", expires_at=time.time() + 600)
+    assert accounts.current_session(token).device_queue == ""
+    queue = accounts.redeclare_device(token)
+    assert queue.startswith("device.alice.")
+    assert accounts.current_session(token).device_queue == queue
+    assert accounts.redeclare_device(token) == queue  # the same device from now on
