@@ -26,7 +26,7 @@ from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
 from services.auth.public_api import amqp_url_with_vhost, create_public_app
-from services.auth.ratelimit import LoginLimiter
+from services.auth.ratelimit import LoginLimiter, TokenBucket
 from services.auth.settings import AuthSettings
 from services.auth.store import Store
 from services.auth.validation import describe_errors
@@ -74,9 +74,16 @@ def serve() -> None:
             settings.login_failures_per_user,
             settings.login_failures_per_address,
             settings.login_failure_window_seconds,
+            free_failures=settings.login_free_failures,
+            base_delay=settings.login_base_delay_seconds,
+            max_delay=settings.login_max_delay_seconds,
+            known_seconds=settings.login_known_address_days * 24 * 3600,
         ),
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,
+        broker_password_checks=TokenBucket(
+            settings.broker_password_checks_per_second, settings.broker_password_checks_burst
+        ),
     )
     amqp_urls = [amqp_url_with_vhost(url, settings.vhost) for url in settings.client_amqp_urls()]
     meta = Meta(

@@ -7,12 +7,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from protocol.accounts import Session, SignupRequest, UserPublic
+from protocol.accounts import Session, SignupRequest, UserPublic, is_valid_username
 from services.auth import permissions
 from services.auth.errors import InvalidCredentials, RateLimited, UnknownUser, UsernameTaken
 from services.auth.hashing import PasswordHashing
 from services.auth.inboxes import Inboxes
-from services.auth.ratelimit import LoginLimiter
+from services.auth.ratelimit import LoginLimiter, TokenBucket
 from services.auth.store import Store, UserRecord
 from services.auth.tokens import new_token, token_hash
 
@@ -28,8 +28,12 @@ class Accounts:
         inboxes: Inboxes,
         token_ttl_seconds: int,
         clock: Callable[[], float] = time.time,
+        broker_password_checks: TokenBucket | None = None,
     ) -> None:
         self.store = store
+        # Broker logins with a password are verified at most this fast, all names together:
+        # RabbitMQ does not tell us the client's address, so nothing else bounds them.
+        self.broker_password_checks = broker_password_checks or TokenBucket(rate=5, burst=20)
         self.hashing = hashing
         self.limiter = limiter
         self.inboxes = inboxes
@@ -51,13 +55,19 @@ class Accounts:
 
     def log_in(self, username: str, password: str, address: str | None) -> Session:
         """A new session for the right password. Unknown user and wrong password raise the
-        same InvalidCredentials after about the same time; RateLimited while limited."""
+        same InvalidCredentials after about the same time; RateLimited while throttled
+        (ratelimit.py: a delay per name and address, budgets for strangers)."""
         retry_after = self.limiter.retry_after(username, address)
         if retry_after is not None:
             logger.warning("login for %r from %s refused: rate-limited", username, address)
             raise RateLimited(retry_after)
+        if not is_valid_username(username):  # cannot exist: no hash to run, a failure all the same
+            self.limiter.record_failure(username, address)
+            logger.info("failed login for %r from %s: not a user name", username, address)
+            raise InvalidCredentials()
         if not self._check_password(username, password, address):
             raise InvalidCredentials()
+        self.limiter.record_success(username, address)
         token = new_token()
         now = self._clock()
         expires_at = now + self.token_ttl_seconds
@@ -82,19 +92,28 @@ class Accounts:
 
     def broker_login(self, username: str, secret: str) -> bool:
         """Whether RabbitMQ may let `username` in with `secret`: a live session token of
-        that user, or the password. Password failures count toward the rate limit; while
-        limited, only a token is accepted (a token cannot be guessed, and this keeps a
-        password-guessing stranger from locking out a logged-in user's client)."""
+        that user, or the password. Refusals are cheap: a token is a hash lookup, a name that
+        is no user's is refused without running argon2, and password checks are throttled
+        per name and bounded in all (`broker_password_checks`). While limited, only a token
+        is accepted (a token cannot be guessed, and this keeps a password-guessing stranger
+        from locking out a logged-in user's client)."""
         if not permissions.may_log_in_as(username):
             logger.info("broker login as %r denied: not a user name", username)
             return False
         if self.session_user(secret) == username:
             return True
+        if self.store.get_user(username) is None:
+            logger.info("broker login as %r denied: no such user", username)
+            return False
         if self.limiter.retry_after(username, None) is not None:
             logger.warning("broker login as %s denied: rate-limited", username)
             return False
+        if not self.broker_password_checks.take():
+            logger.warning("broker login as %s denied: too many password logins at once", username)
+            return False
         if not self._check_password(username, secret, None):
             return False
+        self.limiter.record_success(username, None)
         logger.info("broker login as %s with the password", username)
         return True
 

@@ -56,10 +56,23 @@ class AuthSettings(BrokerSettings):
         default_factory=lambda: ["ws://127.0.0.1:15674/ws"]
     )
 
-    # Failed logins (API and broker) allowed per window, per username and per client address.
+    # Failed logins (services/auth/ratelimit.py). Per (username, address): the first
+    # `login_free_failures` cost nothing, then each one doubles the wait before the next try
+    # (from `login_base_delay_seconds` up to `login_max_delay_seconds`). An address that
+    # logged in to the account within `login_known_address_days` is held by that delay only;
+    # any other is also refused once the username (from anywhere) or the address (over all
+    # names, existing or not) has this many failures in the window.
+    login_free_failures: int = 5
+    login_base_delay_seconds: float = 1.0
+    login_max_delay_seconds: float = 600.0
+    login_known_address_days: float = 30.0
     login_failures_per_user: int = 10
     login_failures_per_address: int = 50
     login_failure_window_seconds: int = 300
+    # Broker logins with a password (not a token) verified per second, all names together,
+    # and the burst allowed; beyond it they are refused without running argon2.
+    broker_password_checks_per_second: float = 5.0
+    broker_password_checks_burst: int = 20
 
     # argon2id cost; hashes made with other parameters are upgraded at the next login.
     # OWASP's first recommended set (19 MiB, 2 passes, 1 lane): one verification takes about

@@ -3,13 +3,16 @@
 One connection shared by the service's threads behind a lock (every operation is one short
 statement; password hashing happens outside). WAL mode lets `messenger-auth import` write
 while the server runs. Sessions are stored by the SHA-256 of their token, never the token.
-Times are Unix seconds.
+Times are Unix seconds. The file holds password hashes: it is made 0600 (SQLite gives its
+-wal and -shm files the same mode), and a directory created for it 0700.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ class UserRecord:
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(path)
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -128,3 +131,19 @@ class Store:
         with self._lock:
             cursor = self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
         return cursor.rowcount
+
+
+def _private_file(path: Path) -> None:
+    """Create `path`'s directory (0700) and the file (0600) for the owner only; an existing
+    file is set to 0600, an existing directory that others may enter is logged, not changed
+    (it may be shared, like /tmp)."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)  # mkdir's mode is masked by the umask
+    elif directory.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("the directory of the user store %s is open to other users", directory)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            file.chmod(0o600)
