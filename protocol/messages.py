@@ -44,7 +44,7 @@ Text = Annotated[str, AfterValidator(check_text)]
 # A client's id of its message (the AMQP message_id of a send): a UUID from our clients. It is
 # shown to the recipient (`--json`), so it is held to an id alphabet, never free text.
 MAX_CLIENT_ID_CHARS = 128
-CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_CLIENT_ID_CHARS)
+CLIENT_ID_RE = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_CLIENT_ID_CHARS}}}")
 
 
 def check_client_id(value: str) -> str:

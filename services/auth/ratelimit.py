@@ -90,7 +90,6 @@ class SlidingWindow:
                 del self._failures[key]
 
 
-
 class PairThrottle:
     """Per key, a delay that doubles with each failure past `free_failures`. Thread-safe.
 
@@ -263,8 +262,9 @@ class LoginLimiter:
         known_seconds: float = 30 * 24 * 3600,
     ) -> LoginLimiter:
         return cls(
-            PairThrottle(free_failures, base_delay, max_delay, max(window_seconds, max_delay * 2),
-                         clock),  # fmt: skip
+            PairThrottle(
+                free_failures, base_delay, max_delay, max(window_seconds, max_delay * 2), clock
+            ),
             KnownAddresses(known_seconds, clock),
             SlidingWindow(per_user, window_seconds, clock),
             SlidingWindow(per_address, window_seconds, clock),

@@ -124,4 +124,6 @@ def test_wrong_passwords_from_one_address_grow_a_delay_then_the_right_one_works(
     wait = int(response.headers["Retry-After"])
     assert 1 <= wait <= BASE_DELAY  # one failure past the free ones: the first delay
     # Throttled, not locked: once the delay has passed, the right password logs in.
-    eventually(lambda: login(strict_auth, user.username, user.password).status_code == 200, timeout=30)
+    eventually(
+        lambda: login(strict_auth, user.username, user.password).status_code == 200, timeout=30
+    )
