@@ -55,9 +55,11 @@ def test_a_stranger_guessing_does_not_keep_the_user_out_of_an_address_known_to_w
     auth: AuthService, broker: Broker
 ):
     user = signup_and_login(auth)  # logs in from 127.0.0.1: that address is known for it
-    for _ in range(PER_USER):  # the broker path has no address: always a stranger
-        assert amqp_login_refused(broker, user.username, "wrong password")
-    # The name's budget for strangers is spent: the right password from elsewhere waits ...
+    for n in range(PER_USER):  # one guess from each of many addresses
+        attacker = f"127.0.0.{100 + n}"
+        assert login(auth, user.username, "wrong password", source=attacker).status_code == 401
+    # The name's budget for strangers is spent: the right password from elsewhere waits,
+    # and so does the broker path (it has no address: always a stranger) ...
     assert amqp_login_refused(broker, user.username, user.password)
     limited = login(auth, user.username, user.password, source=STRANGER)
     assert limited.status_code == 429
@@ -65,6 +67,17 @@ def test_a_stranger_guessing_does_not_keep_the_user_out_of_an_address_known_to_w
     # ... while the user's own address logs in, and the session it holds keeps working.
     assert login(auth, user.username, user.password).status_code == 200
     close_quietly(broker.connect(user.username, user.token))
+
+
+def test_failed_broker_logins_are_throttled_like_any_other(auth: AuthService, broker: Broker):
+    user = signup_and_login(auth)
+    for _ in range(FREE_FAILURES + 1):
+        assert amqp_login_refused(broker, user.username, "wrong password")
+    # The broker's pair (this name, no address) now waits: even the password is refused ...
+    assert amqp_login_refused(broker, user.username, user.password)
+    # ... while the user's token, and the password from the user's own address, still work.
+    close_quietly(broker.connect(user.username, user.token))
+    assert login(auth, user.username, user.password).status_code == 200
 
 
 def test_a_limited_user_does_not_limit_anybody_else(auth: AuthService):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from clients.cli.output import Painter, clean, local_time, message_line, person, wants_color
 from clients.library.history import Status, StoredMessage
 
@@ -28,6 +30,26 @@ def test_a_painter_without_colour_leaves_text_alone():
 
 def test_escape_sequences_from_other_people_never_reach_the_terminal():
     assert clean("hi\x1b[2Jthere\nnext\tcol\u202e") == "hi\ufffd[2Jthere\nnext\tcol\ufffd"
+    assert clean("c1\x9b2J bell\x07") == "c1\ufffd2J bell\ufffd"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\U0001f469\u200d\U0001f4bb",  # woman technologist: ZWJ
+        "\U0001f3f3\ufe0f\u200d\U0001f308",  # rainbow flag: variation selector and ZWJ
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian with ZWNJ
+        "a \u202bquoted\u202c b \u2067isolated\u2069",  # balanced bidi controls
+        "\U0001f44d\U0001f3fd soft\u00adhyphen",  # skin tone, soft hyphen
+    ],
+)
+def test_what_scripts_and_emoji_need_is_kept(text):
+    assert clean(text) == text
+
+
+def test_unbalanced_bidi_controls_are_replaced_per_line():
+    assert clean("\u202eevil\nnext\u202c") == "\ufffdevil\nnext\ufffd"
+    assert clean("\u2067a\u202c\u2069") == "\u2067a\ufffd\u2069"
 
 
 def test_names_show_the_display_name_next_to_the_username():
