@@ -104,7 +104,7 @@ class LocalNode:
 
     auth_url: str
     service_passwords: dict[str, str]
-    auth_cache_ttl_ms: int = 15_000
+    auth_cache_ttl_ms: int = 5_000
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="messenger-rmq-")))
     amqp_port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)

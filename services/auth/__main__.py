@@ -22,6 +22,7 @@ from protocol.accounts import Meta
 from services.auth.accounts import Accounts
 from services.auth.broker_api import create_broker_app
 from services.auth.broker_key import RequireKey
+from services.auth.connections import BrokerConnections, SessionSweeper
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
@@ -92,6 +93,7 @@ def serve() -> None:
         amqp_urls=amqp_urls,
         vhost=settings.vhost,
     )
+    sweeper = _sweeper(settings, accounts)
     public = create_public_app(accounts, meta, settings.max_body_bytes)
     add_web_client(public, settings.web_dir, settings.web_stomp_urls)
     broker: object = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
@@ -113,13 +115,41 @@ def serve() -> None:
         " (behind its key)" if settings.broker_api_key is not None else "",
     )
     try:
+        if sweeper is not None:
+            sweeper.start()
         asyncio.run(_serve_all(servers))
     finally:
+        if sweeper is not None:
+            sweeper.stop()
+            sweeper.connections.close()
         inboxes.close()
         store.close()
     if not all(server.started for server in servers):
         raise typer.Exit(1)
     logger.info("stopped")
+
+
+def _sweeper(settings: AuthSettings, accounts: Accounts) -> SessionSweeper | None:
+    """What ends the connections of ended sessions, wired into `accounts`; None when no
+    management API is configured."""
+    if not settings.management_urls:
+        logger.warning("no management API (MESSENGER_AUTH_MANAGEMENT_URLS): logout and expiry "
+                       "do not close open connections")  # fmt: skip
+        return None
+    connections = BrokerConnections(
+        settings.management_urls,
+        settings.amqp_user,
+        settings.amqp_password.get_secret_value(),
+        settings.vhost,
+    )
+    sweeper = SessionSweeper(
+        connections,
+        accounts.live_session_tags,
+        accounts.delete_expired_sessions,
+        settings.session_sweep_seconds,
+    )
+    accounts.on_session_end = sweeper.session_ended
+    return sweeper
 
 
 @cli.command("import")

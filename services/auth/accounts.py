@@ -7,7 +7,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from protocol.accounts import Session, SignupRequest, UserPublic, is_valid_username
+from protocol.accounts import (
+    Session,
+    SignupRequest,
+    UserPublic,
+    is_valid_username,
+    session_tag_of_hash,
+)
 from services.auth import permissions
 from services.auth.errors import InvalidCredentials, RateLimited, UnknownUser, UsernameTaken
 from services.auth.hashing import PasswordHashing
@@ -29,8 +35,12 @@ class Accounts:
         token_ttl_seconds: int,
         clock: Callable[[], float] = time.time,
         broker_password_checks: TokenBucket | None = None,
+        on_session_end: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
+        # Called with (username, session tag) once a session is revoked: closes its
+        # connections (services/auth/connections.py).
+        self.on_session_end = on_session_end
         # Broker logins with a password are verified at most this fast, all names together:
         # RabbitMQ does not tell us the client's address, so nothing else bounds them.
         self.broker_password_checks = broker_password_checks or TokenBucket(rate=5, burst=20)
@@ -77,9 +87,21 @@ class Accounts:
         return Session(token=token, expires_at=datetime.fromtimestamp(expires_at, UTC))
 
     def log_out(self, token: str) -> None:
-        if not self.store.delete_session(token_hash(token)):
+        hashed = token_hash(token)
+        username = self.store.session_owner(hashed)
+        if not self.store.delete_session(hashed):
             raise InvalidCredentials()
-        logger.info("a session was revoked")
+        logger.info("a session of %s was revoked", username)
+        if username is not None and self.on_session_end is not None:
+            self.on_session_end(username, session_tag_of_hash(hashed))
+
+    def live_session_tags(self, username: str) -> set[str]:
+        """The connection tags of `username`'s live sessions (protocol.accounts)."""
+        hashes = self.store.live_session_hashes(username, self._clock())
+        return {session_tag_of_hash(hashed) for hashed in hashes}
+
+    def delete_expired_sessions(self) -> int:
+        return self.store.delete_expired_sessions(self._clock())
 
     def session_user(self, token: str) -> str | None:
         return self.store.session_user(token_hash(token), self._clock())

@@ -48,6 +48,12 @@ class AuthSettings(BrokerSettings):
 
     token_ttl_seconds: int = 7 * 24 * 3600
 
+    # The brokers' management HTTP API (comma-separated, tried in turn): logout closes the
+    # session's AMQP connections at once, and every `session_sweep_seconds` the connections
+    # of expired or revoked sessions are closed (services/auth/connections.py). Empty: off.
+    management_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    session_sweep_seconds: float = 5.0
+
     # The web client on the public listener (services/auth/web.py): the built page, and the
     # broker's Web STOMP listener(s) `/ws` is proxied to, tried in turn (each node of a
     # cluster), comma-separated.
@@ -98,6 +104,17 @@ class AuthSettings(BrokerSettings):
         if isinstance(value, list):
             for url in value:
                 parse_amqp_url(str(url))
+        return value
+
+    @field_validator("management_urls", mode="before")
+    @classmethod
+    def _split_management_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        if isinstance(value, list):
+            for url in value:
+                if urlsplit(str(url)).scheme not in ("http", "https"):
+                    raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return value
 
     @field_validator("web_stomp_urls", mode="before")

@@ -122,6 +122,22 @@ class Store:
             ).fetchone()
         return str(row[0]) if row else None
 
+    def session_owner(self, token_hash: str) -> str | None:
+        """The user of a session, live or expired, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT username FROM sessions WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def live_session_hashes(self, username: str, now: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT token_hash FROM sessions WHERE username = ? AND expires_at > ?",
+                (username, now),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
     def delete_session(self, token_hash: str) -> bool:
         with self._lock:
             cursor = self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
