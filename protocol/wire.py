@@ -3,26 +3,26 @@
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 # A lone UTF-16 surrogate: JSON can carry one ("\ud800"), UTF-8 cannot encode it, so a string
 # holding one breaks whoever encodes it next (a password hash, a log line, a reply).
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def check_no_lone_surrogate(value: Any) -> Any:
+def check_no_lone_surrogate(value: Any, what: str = "text") -> Any:
     """`value` (a string, or a list/dict of them) if no string in it holds a lone surrogate."""
     if isinstance(value, str):
         found = _LONE_SURROGATE.search(value)
         if found is not None:
-            raise ValueError(f"text must not contain the lone surrogate U+{ord(found[0]):04X}")
+            raise ValueError(f"{what} must not contain the lone surrogate U+{ord(found[0]):04X}")
     elif isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
-            check_no_lone_surrogate(item)
+            check_no_lone_surrogate(item, what)
     elif isinstance(value, dict):
         for key, item in value.items():
-            check_no_lone_surrogate(key)
-            check_no_lone_surrogate(item)
+            check_no_lone_surrogate(key, what)
+            check_no_lone_surrogate(item, what)
     return value
 
 
@@ -34,5 +34,5 @@ class WireModel(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def _no_lone_surrogates(cls, value: Any) -> Any:
-        return check_no_lone_surrogate(value)
+    def _no_lone_surrogates(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_no_lone_surrogate(value, (info.field_name or "text").replace("_", " "))
