@@ -106,7 +106,9 @@ def test_a_connection_name_says_whose_session_without_holding_the_token():
     name = connection_name("alice", token)
     assert token not in name
     assert name.startswith("messenger client alice ")
-    username, tag = parse_connection_name(name)
+    parsed = parse_connection_name(name)
+    assert parsed is not None
+    username, tag = parsed
     assert username == "alice"
     assert tag == session_tag_of_hash(hashlib.sha256(token.encode()).hexdigest())
     assert connection_name("alice", "another token") != name

@@ -65,11 +65,11 @@ def test_a_flood_of_distinct_keys_does_not_grow_memory_without_bound(clock):
     assert len(window) <= 100
 
 
-def limiter(clock, **kw) -> LoginLimiter:
-    args = dict(per_user=10, per_address=50, window_seconds=300, free_failures=2,
-                base_delay=1.0, max_delay=60.0)  # fmt: skip
-    args.update(kw)
-    return LoginLimiter.create(clock=clock, **args)
+def limiter(clock, per_user: int = 10, per_address: int = 50) -> LoginLimiter:
+    return LoginLimiter.create(
+        per_user, per_address, window_seconds=300, clock=clock,
+        free_failures=2, base_delay=1.0, max_delay=60.0,
+    )  # fmt: skip
 
 
 def test_a_pair_delay_doubles_after_the_free_failures_up_to_the_cap():
