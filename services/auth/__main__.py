@@ -22,7 +22,7 @@ from protocol.accounts import Meta
 from services.auth.accounts import Accounts
 from services.auth.broker_api import create_broker_app
 from services.auth.broker_key import RequireKey
-from services.auth.connections import BrokerConnections, SessionSweeper
+from services.auth.connections import BrokerConnections, SessionEnds, SessionSweeper
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
@@ -31,7 +31,7 @@ from services.auth.ratelimit import LoginLimiter, TokenBucket
 from services.auth.settings import AuthSettings
 from services.auth.store import Store
 from services.auth.validation import describe_errors
-from services.auth.web import add_web_client
+from services.auth.web import WebSessions, add_web_client
 from services.logs import configure_logging
 
 logger = logging.getLogger("services.auth")
@@ -93,9 +93,10 @@ def serve() -> None:
         amqp_urls=amqp_urls,
         vhost=settings.vhost,
     )
-    sweeper = _sweeper(settings, accounts)
+    web_sessions = WebSessions(lambda username, token: accounts.session_user(token) == username)
+    sweeper, connections = _sweeper(settings, accounts, web_sessions)
     public = create_public_app(accounts, meta, settings.max_body_bytes)
-    add_web_client(public, settings.web_dir, settings.web_stomp_urls)
+    add_web_client(public, settings.web_dir, settings.web_stomp_urls, web_sessions)
     broker: object = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
     if settings.broker_api_key is not None:
         broker = RequireKey(broker, settings.broker_api_key.get_secret_value())  # type: ignore[arg-type]
@@ -115,13 +116,12 @@ def serve() -> None:
         " (behind its key)" if settings.broker_api_key is not None else "",
     )
     try:
-        if sweeper is not None:
-            sweeper.start()
+        sweeper.start()
         asyncio.run(_serve_all(servers))
     finally:
-        if sweeper is not None:
-            sweeper.stop()
-            sweeper.connections.close()
+        sweeper.stop()
+        if connections is not None:
+            connections.close()
         inboxes.close()
         store.close()
     if not all(server.started for server in servers):
@@ -129,27 +129,34 @@ def serve() -> None:
     logger.info("stopped")
 
 
-def _sweeper(settings: AuthSettings, accounts: Accounts) -> SessionSweeper | None:
-    """What ends the connections of ended sessions, wired into `accounts`; None when no
-    management API is configured."""
-    if not settings.management_urls:
-        logger.warning("no management API (MESSENGER_AUTH_MANAGEMENT_URLS): logout and expiry "
-                       "do not close open connections")  # fmt: skip
-        return None
-    connections = BrokerConnections(
-        settings.management_urls,
-        settings.amqp_user,
-        settings.amqp_password.get_secret_value(),
-        settings.vhost,
-    )
+def _sweeper(
+    settings: AuthSettings, accounts: Accounts, web_sessions: WebSessions
+) -> tuple[SessionSweeper, BrokerConnections | None]:
+    """What ends the connections of ended sessions (the web client's sockets, and AMQP
+    connections through the management API when there is one), wired into `accounts`."""
+    holders: list[SessionEnds] = [web_sessions]
+    connections = None
+    if settings.management_urls:
+        connections = BrokerConnections(
+            settings.management_urls,
+            settings.amqp_user,
+            settings.amqp_password.get_secret_value(),
+            settings.vhost,
+        )
+        holders.append(connections)
+    else:
+        logger.warning(
+            "no management API (MESSENGER_AUTH_MANAGEMENT_URLS): logout and expiry do not "
+            "close open AMQP connections"
+        )
     sweeper = SessionSweeper(
-        connections,
+        holders,
         accounts.live_session_tags,
         accounts.delete_expired_sessions,
         settings.session_sweep_seconds,
     )
     accounts.on_session_end = sweeper.session_ended
-    return sweeper
+    return sweeper, connections
 
 
 @cli.command("import")

@@ -16,10 +16,11 @@ the `auth` account carries it; the API listens only where the auth service reach
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -41,10 +42,13 @@ class BrokerConnections:
         password: str,
         vhost: str,
         timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.urls = [url.rstrip("/") for url in urls]
         self.vhost = vhost
-        self._client = httpx.Client(auth=(user, password), timeout=timeout, trust_env=False)
+        self._client = httpx.Client(
+            auth=(user, password), timeout=timeout, trust_env=False, transport=transport
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -60,7 +64,7 @@ class BrokerConnections:
             found.append((str(row["name"]), parsed[0], parsed[1]))
         return found
 
-    def end_session(self, username: str, tag: str) -> int:
+    def end(self, username: str, tag: str) -> int:
         """Close the connections of one session; how many were closed."""
         closed = 0
         for name, user, session in self.sessions():
@@ -116,18 +120,26 @@ class ManagementUnavailable(Exception):
     """No management API URL answered."""
 
 
+class SessionEnds(Protocol):
+    """Something holding connections by session: the broker's, or the web client's sockets."""
+
+    def end(self, username: str, tag: str) -> int: ...
+
+    def sweep(self, live_tags: Callable[[str], set[str]]) -> int: ...
+
+
 class SessionSweeper:
-    """Every `interval` seconds: drop expired sessions, close connections of ended ones.
+    """Every `interval` seconds: drop expired sessions, close what ended sessions hold open.
     Logout asks for its session's connections at once, off the request's thread."""
 
     def __init__(
         self,
-        connections: BrokerConnections,
+        holders: list[SessionEnds],
         live_tags: Callable[[str], set[str]],
         delete_expired: Callable[[], int],
         interval: float,
     ) -> None:
-        self.connections = connections
+        self.holders = holders
         self.live_tags = live_tags
         self.delete_expired = delete_expired
         self.interval = interval
@@ -159,15 +171,18 @@ class SessionSweeper:
                 ended, self._ended = self._ended, []
             if self._stop.is_set():
                 return
-            self._once(ended)
+            if not ended:
+                with contextlib.suppress(Exception):
+                    self.delete_expired()
+            for holder in self.holders:
+                self._once(holder, ended)
 
-    def _once(self, ended: list[tuple[str, str]]) -> None:
+    def _once(self, holder: SessionEnds, ended: list[tuple[str, str]]) -> None:
         try:
             for username, tag in ended:
-                self.connections.end_session(username, tag)
+                holder.end(username, tag)
             if not ended:
-                self.delete_expired()
-                self.connections.sweep(self.live_tags)
+                holder.sweep(self.live_tags)
         except ManagementUnavailable as exc:
             if self._healthy:
                 logger.warning("cannot close ended sessions' connections: %s", exc)
@@ -176,6 +191,6 @@ class SessionSweeper:
         except Exception:  # a bug must not end the sweeping for good
             logger.exception("the session sweep failed")
             return
-        if not self._healthy:
+        if not self._healthy and isinstance(holder, BrokerConnections):
             logger.info("the management API answers again: ended sessions are swept")
-        self._healthy = True
+            self._healthy = True

@@ -16,6 +16,7 @@ import pika.exceptions
 
 from protocol.accounts import connection_name
 from tests.integration.stack import AuthService, Broker, User, close_quietly, signup_and_login
+from tests.integration.test_web_stomp import connected
 
 CLOSE_DEADLINE = 30.0  # generous: the sweep runs every 5 s, the machine may be loaded
 
@@ -110,3 +111,17 @@ def test_a_revoked_token_opens_no_new_connection_for_long(auth: AuthService, bro
             break
         assert closed_within(connection, CLOSE_DEADLINE)
         assert time.monotonic() < deadline, "a revoked token still opens connections"
+
+
+def test_logout_closes_the_sessions_web_client_socket(auth: AuthService):
+    user = signup_and_login(auth)
+    for web in connected(auth, user):
+        response = httpx.delete(
+            f"{auth.url}/v1/sessions/current",
+            headers={"Authorization": f"Bearer {user.token}"},
+            timeout=30,
+        )
+        assert response.status_code == 204
+        command, headers, _ = web.next(timeout=CLOSE_DEADLINE)
+        assert (command, headers.get("message")) == ("ERROR", "session ended: log in again")
+        assert web.closed_soon(timeout=CLOSE_DEADLINE)
