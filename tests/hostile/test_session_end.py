@@ -9,13 +9,23 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
+import pexpect
 import pika
 import pika.exceptions
 
 from protocol.accounts import connection_name
-from tests.integration.stack import AuthService, Broker, User, close_quietly, signup_and_login
+from tests.integration.cli_driver import COMMAND, Person
+from tests.integration.stack import (
+    AuthService,
+    Broker,
+    RelayProcess,
+    User,
+    close_quietly,
+    signup_and_login,
+)
 from tests.integration.test_web_stomp import connected
 
 CLOSE_DEADLINE = 30.0  # generous: the sweep runs every 5 s, the machine may be loaded
@@ -125,3 +135,31 @@ def test_logout_closes_the_sessions_web_client_socket(auth: AuthService):
         command, headers, _ = web.next(timeout=CLOSE_DEADLINE)
         assert (command, headers.get("message")) == ("ERROR", "session ended: log in again")
         assert web.closed_soon(timeout=CLOSE_DEADLINE)
+
+
+def test_logging_out_elsewhere_stops_a_running_listen_with_one_line(
+    auth: AuthService, relay: RelayProcess, tmp_path: Path
+):
+    alice = Person.signed_up(tmp_path, auth, "ali", "Alice")
+    alice.login()
+    bob = Person.signed_up(tmp_path, auth, "bob", "Bob")
+    bob.login()
+    listening = pexpect.spawn(
+        COMMAND[0],
+        [*COMMAND[1:], "listen", "--json"],
+        env=bob.env(NO_COLOR="1", TERM="dumb"),
+        encoding="utf-8",
+        timeout=CLOSE_DEADLINE,
+    )
+    try:
+        alice.ok("send", bob.username, "before")
+        listening.expect(r"\{.*\}\r\n")
+        bob.ok("logout")  # another terminal of bob's
+        listening.expect(pexpect.EOF)
+        output = listening.before
+    finally:
+        listening.close(force=True)
+    assert listening.exitstatus == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert "Traceback" not in output
+    assert "log in" in lines[-1], output
