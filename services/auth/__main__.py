@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
-from services.auth.accounts import Accounts
+from services.auth.accounts import Accounts, StoredAddresses
 from services.auth.broker_api import create_broker_app
 from services.auth.broker_key import RequireKey
 from services.auth.connections import BrokerConnections, SessionEnds, SessionSweeper
@@ -78,7 +78,7 @@ def serve() -> None:
             free_failures=settings.login_free_failures,
             base_delay=settings.login_base_delay_seconds,
             max_delay=settings.login_max_delay_seconds,
-            known_seconds=settings.login_known_address_days * 24 * 3600,
+            known=StoredAddresses(store, settings.login_known_address_days * 24 * 3600),
         ),
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,

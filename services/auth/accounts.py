@@ -25,6 +25,26 @@ from services.auth.tokens import new_token, token_hash
 logger = logging.getLogger(__name__)
 
 
+class StoredAddresses:
+    """The known addresses of ratelimit.py, kept in the user store (they outlive a restart)."""
+
+    def __init__(
+        self, store: Store, remember_seconds: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.remember_seconds = remember_seconds
+        self._clock = clock
+
+    def add(self, username: str, address: str) -> None:
+        self.store.remember_address(username, address, self._clock())
+
+    def __contains__(self, pair: tuple[str, str | None]) -> bool:
+        username, address = pair
+        if address is None:
+            return False
+        return self.store.address_known(username, address, self._clock() - self.remember_seconds)
+
+
 class Accounts:
     def __init__(
         self,

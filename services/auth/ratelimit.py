@@ -1,6 +1,8 @@
 """Failed-login throttling: delays that grow, budgets for strangers, never a lockout.
 
-Three rules, all in memory (a restart forgets them; several replicas each keep their own):
+Three rules. The delays and budgets are in memory (a restart forgets them; several replicas
+each keep their own); the known addresses are kept in the user store by the service, so a
+restart does not turn an account's owner into a stranger:
 
 - Per (username, address) pair, every failure past the first few doubles the wait before the
   next try from that pair (`PairThrottle`). A typo costs nothing; guessing slows to a crawl.
@@ -23,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 
 class SlidingWindow:
@@ -234,13 +237,21 @@ class TokenBucket:
             return True
 
 
+class AddressBook(Protocol):
+    """Where the addresses each account logged in from are kept (memory, or the store)."""
+
+    def add(self, username: str, address: str) -> None: ...
+
+    def __contains__(self, pair: tuple[str, str | None]) -> bool: ...
+
+
 class LoginLimiter:
     """The three rules of the module docstring, applied to one login attempt."""
 
     def __init__(
         self,
         pairs: PairThrottle,
-        known: KnownAddresses,
+        known: AddressBook,
         per_user: SlidingWindow,
         per_address: SlidingWindow,
     ) -> None:
@@ -260,12 +271,14 @@ class LoginLimiter:
         base_delay: float = 1.0,
         max_delay: float = 600.0,
         known_seconds: float = 30 * 24 * 3600,
+        known: AddressBook | None = None,
     ) -> LoginLimiter:
+        """`known`: where known addresses are kept; by default in memory."""
         return cls(
             PairThrottle(
                 free_failures, base_delay, max_delay, max(window_seconds, max_delay * 2), clock
             ),
-            KnownAddresses(known_seconds, clock),
+            known if known is not None else KnownAddresses(known_seconds, clock),
             SlidingWindow(per_user, window_seconds, clock),
             SlidingWindow(per_address, window_seconds, clock),
         )

@@ -34,7 +34,16 @@ CREATE TABLE IF NOT EXISTS sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions(expires_at);
+CREATE TABLE IF NOT EXISTS known_addresses (
+    username   TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    address    TEXT NOT NULL,
+    last_login REAL NOT NULL,
+    PRIMARY KEY (username, address)
+);
 """
+
+# Addresses kept per user (the most recent logins): enough for home, work, phone, travel.
+KNOWN_ADDRESSES_PER_USER = 16
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,31 @@ class Store:
             self._db.execute(
                 "UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username)
             )
+
+    # -- addresses users logged in from (services/auth/ratelimit.py) -----------------------
+
+    def remember_address(self, username: str, address: str, at: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO known_addresses (username, address, last_login) VALUES (?, ?, ?)"
+                " ON CONFLICT (username, address) DO UPDATE SET last_login = excluded.last_login",
+                (username, address, at),
+            )
+            self._db.execute(
+                "DELETE FROM known_addresses WHERE username = ? AND address NOT IN ("
+                " SELECT address FROM known_addresses WHERE username = ?"
+                " ORDER BY last_login DESC LIMIT ?)",
+                (username, username, KNOWN_ADDRESSES_PER_USER),
+            )
+
+    def address_known(self, username: str, address: str, since: float) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM known_addresses"
+                " WHERE username = ? AND address = ? AND last_login >= ?",
+                (username, address, since),
+            ).fetchone()
+        return row is not None
 
     # -- sessions --------------------------------------------------------------------------
 

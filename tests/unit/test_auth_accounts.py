@@ -7,7 +7,7 @@ import time
 import pytest
 
 from protocol.accounts import SignupRequest
-from services.auth.accounts import Accounts
+from services.auth.accounts import Accounts, StoredAddresses
 from services.auth.errors import (
     BrokerUnavailable,
     InvalidCredentials,
@@ -17,7 +17,7 @@ from services.auth.errors import (
 )
 from services.auth.hashing import PasswordHashing
 from services.auth.ratelimit import LoginLimiter, TokenBucket
-from services.auth.store import Store
+from services.auth.store import Store, UserRecord
 from services.auth.tokens import new_token, token_hash
 
 PASSWORD = "correct horse battery"
@@ -226,3 +226,30 @@ def test_a_hash_with_old_parameters_is_upgraded_at_the_next_login(store, inboxes
 def test_looking_up_an_unknown_user_raises(accounts):
     with pytest.raises(UnknownUser):
         accounts.user("nobody")
+
+
+def test_known_addresses_are_kept_in_the_store_and_outlive_a_restart(store, inboxes):
+    def service() -> Accounts:
+        known = StoredAddresses(store, remember_seconds=3600)
+        limiter = LoginLimiter.create(per_user=2, per_address=100, window_seconds=60, known=known)
+        return Accounts(store, cheap_hashing(), limiter, inboxes, token_ttl_seconds=3600)
+
+    first = service()
+    sign_up(first)
+    first.log_in("alice", PASSWORD, "10.0.0.1")
+    restarted = service()  # the failures and delays are forgotten, the address is not
+    for attacker in ("192.0.2.1", "192.0.2.2"):
+        with pytest.raises(InvalidCredentials):
+            restarted.log_in("alice", "wrong password", attacker)
+    with pytest.raises(RateLimited):
+        restarted.log_in("alice", PASSWORD, "10.0.0.2")
+    assert restarted.log_in("alice", PASSWORD, "10.0.0.1").token
+
+
+def test_the_store_keeps_the_latest_addresses_of_a_user_only(store):
+    store.add_user(UserRecord("alice", "Alice", "h", 0.0))
+    for n in range(20):
+        store.remember_address("alice", f"10.0.0.{n}", float(n))
+    assert not store.address_known("alice", "10.0.0.3", since=0)
+    assert store.address_known("alice", "10.0.0.19", since=0)
+    assert not store.address_known("alice", "10.0.0.19", since=20)
