@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clients.cli.output import Painter, clean, local_time, message_line, person, wants_color
 from clients.library.history import Status, StoredMessage
@@ -95,3 +98,30 @@ def test_continuation_lines_are_indented():
     first, second = line.split("\n")
     assert first.endswith("bob: one")
     assert second.strip() == "two" and second.startswith(" ")
+
+
+_BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.one_of(st.characters(), st.sampled_from(_BIDI + "\x1b\x85\u200d"))))
+def test_cleaned_text_holds_no_control_and_no_open_bidi_and_keeps_the_rest(text):
+    shown = clean(text)
+    assert len(shown) == len(text)  # replaced one for one, never dropped or added
+    for line in shown.split("\n"):
+        assert not any(unicodedata.category(c) == "Cc" and c != "\t" for c in line)
+        depth: list[str] = []
+        for char in line:
+            if char in "\u202a\u202b\u202d\u202e":
+                depth.append("\u202c")
+            elif char in "\u2066\u2067\u2068":
+                depth.append("\u2069")
+            elif char in "\u202c\u2069":
+                assert depth and depth.pop() == char
+        assert not depth
+    kept = [a == b for a, b in zip(text, shown, strict=True)]
+    for original, out, same in zip(text, shown, kept, strict=True):
+        if not same:
+            assert out == "\ufffd"
+            assert unicodedata.category(original) == "Cc" or original in _BIDI
+    assert clean(shown) == shown
