@@ -34,7 +34,7 @@ from clients.library.errors import (
     LoginRefused,
     MessengerError,
 )
-from protocol.accounts import Meta
+from protocol.accounts import Meta, connection_name
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class Connection:
                     vhost=meta.vhost,
                     username=username,
                     password=secret,
-                    name=f"messenger client {username}",
+                    # The auth service closes it when the session ends (protocol.accounts).
+                    name=connection_name(username, secret),
                     heartbeat=60,
                     blocked_connection_timeout=30,
                 )
