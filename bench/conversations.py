@@ -1,4 +1,4 @@
-"""Scenario 8, server-side conversations (#13): the archive keeps up, history pages stay
+"""Scenario 9, server-side conversations (#13): the archive keeps up, history pages stay
 fast, and each extra device costs what one more queue costs.
 
 - archive ingest: S senders → relay → one recipient's device, flat out, with the archive
@@ -305,7 +305,7 @@ def _fanout(ctx: Context, result: ScenarioResult) -> None:
 
 
 def run(ctx: Context) -> ScenarioResult:
-    result = ScenarioResult("conversations", "8 Conversations: archive, history pages, devices")
+    result = ScenarioResult("conversations", "9 Conversations: archive, history pages, devices")
     stack = ctx.stack
     # Device queues only (no legacy inbox per user), as once every client consumes them.
     stack.start_auth(MESSENGER_AUTH_LEGACY_INBOXES="false")

@@ -9,7 +9,6 @@ import logging
 import signal
 import sqlite3
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -20,20 +19,21 @@ from pydantic import ValidationError
 
 from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
-from services.auth.accounts import Accounts
+from services.auth.accounts import Accounts, StoredAddresses
 from services.auth.archive_gateway import ArchiveGateway
 from services.auth.broker_api import create_broker_app
 from services.auth.broker_key import RequireKey
+from services.auth.connections import BrokerConnections, SessionEnds, SessionSweeper
 from services.auth.errors import BrokerUnavailable
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
 from services.auth.public_api import amqp_url_with_vhost, create_public_app
-from services.auth.ratelimit import LoginLimiter
+from services.auth.ratelimit import LoginLimiter, TokenBucket
 from services.auth.settings import AuthSettings
 from services.auth.store import Store
 from services.auth.validation import describe_errors
-from services.auth.web import add_web_client
+from services.auth.web import WebSessions, add_web_client
 from services.logs import configure_logging
 
 logger = logging.getLogger("services.auth")
@@ -79,11 +79,18 @@ def serve() -> None:
             settings.login_failures_per_user,
             settings.login_failures_per_address,
             settings.login_failure_window_seconds,
+            free_failures=settings.login_free_failures,
+            base_delay=settings.login_base_delay_seconds,
+            max_delay=settings.login_max_delay_seconds,
+            known=StoredAddresses(store, settings.login_known_address_days * 24 * 3600),
         ),
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,
         deleted_name_hold_seconds=settings.deleted_name_hold_days * 24 * 3600,
         forget_archive=archive.forget_user,
+        broker_password_checks=TokenBucket(
+            settings.broker_password_checks_per_second, settings.broker_password_checks_burst
+        ),
     )
     amqp_urls = [amqp_url_with_vhost(url, settings.vhost) for url in settings.client_amqp_urls()]
     meta = Meta(
@@ -92,8 +99,10 @@ def serve() -> None:
         amqp_urls=amqp_urls,
         vhost=settings.vhost,
     )
+    web_sessions = WebSessions(lambda username, token: accounts.session_user(token) == username)
+    sweeper, connections = _sweeper(settings, accounts, web_sessions)
     public = create_public_app(accounts, meta, settings.max_body_bytes, archive)
-    add_web_client(public, settings.web_dir, settings.web_stomp_urls)
+    add_web_client(public, settings.web_dir, settings.web_stomp_urls, web_sessions)
     broker: object = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
     if settings.broker_api_key is not None:
         broker = RequireKey(broker, settings.broker_api_key.get_secret_value())  # type: ignore[arg-type]
@@ -112,25 +121,49 @@ def serve() -> None:
         settings.broker_api_port,
         " (behind its key)" if settings.broker_api_key is not None else "",
     )
-    sweeping = threading.Event()
-    sweeper = threading.Thread(
-        target=_sweep_sessions,
-        args=(accounts, settings.session_sweep_seconds, sweeping),
-        name="session-sweep",
-        daemon=True,
-    )
-    sweeper.start()
     try:
+        sweeper.start()
         asyncio.run(_serve_all(servers))
     finally:
-        sweeping.set()
-        sweeper.join(timeout=5)
+        sweeper.stop()
+        if connections is not None:
+            connections.close()
         archive.close()
         inboxes.close()
         store.close()
     if not all(server.started for server in servers):
         raise typer.Exit(1)
     logger.info("stopped")
+
+
+def _sweeper(
+    settings: AuthSettings, accounts: Accounts, web_sessions: WebSessions
+) -> tuple[SessionSweeper, BrokerConnections | None]:
+    """What ends the connections of ended sessions (the web client's sockets, and AMQP
+    connections through the management API when there is one), wired into `accounts`."""
+    holders: list[SessionEnds] = [web_sessions]
+    connections = None
+    if settings.management_urls:
+        connections = BrokerConnections(
+            settings.management_urls,
+            settings.amqp_user,
+            settings.amqp_password.get_secret_value(),
+            settings.vhost,
+        )
+        holders.append(connections)
+    else:
+        logger.warning(
+            "no management API (MESSENGER_AUTH_MANAGEMENT_URLS): logout and expiry do not "
+            "close open AMQP connections"
+        )
+    sweeper = SessionSweeper(
+        holders,
+        accounts.live_session_tags,
+        accounts.delete_expired_sessions,
+        settings.session_sweep_seconds,
+    )
+    accounts.on_session_end = sweeper.session_ended
+    return sweeper, connections
 
 
 @cli.command("import")
@@ -206,15 +239,6 @@ def migrate() -> None:
         f"{report.anchors} anchors, {report.unbound} legacy inboxes unbound "
         f"({report.deleted} empty ones deleted, {report.kept} kept for their owners to drain)"
     )
-
-
-def _sweep_sessions(accounts: Accounts, every: float, stop: threading.Event) -> None:
-    """Expired sessions go, and with them their device queues, every `every` seconds."""
-    while not stop.wait(every):
-        try:
-            accounts.sweep_expired_sessions()
-        except Exception:  # a sweep failing must not end the sweeping
-            logger.exception("the session sweep failed")
 
 
 def _nodes(settings: AuthSettings) -> str:

@@ -7,7 +7,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from protocol.accounts import SignupRequest, UserPublic
+from protocol.accounts import (
+    SignupRequest,
+    UserPublic,
+    is_valid_username,
+    session_tag_of_hash,
+)
 from protocol.conversations import AccountSettings, CurrentSession, SessionCreated
 from protocol.topology import device_queue, new_device_id
 from services.auth import permissions
@@ -23,11 +28,31 @@ from services.auth.errors import (
 )
 from services.auth.hashing import PasswordHashing
 from services.auth.inboxes import Inboxes
-from services.auth.ratelimit import LoginLimiter
+from services.auth.ratelimit import LoginLimiter, TokenBucket
 from services.auth.store import SessionRecord, Store, UserRecord
 from services.auth.tokens import new_token, token_hash
 
 logger = logging.getLogger(__name__)
+
+
+class StoredAddresses:
+    """The known addresses of ratelimit.py, kept in the user store (they outlive a restart)."""
+
+    def __init__(
+        self, store: Store, remember_seconds: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.remember_seconds = remember_seconds
+        self._clock = clock
+
+    def add(self, username: str, address: str) -> None:
+        self.store.remember_address(username, address, self._clock())
+
+    def __contains__(self, pair: tuple[str, str | None]) -> bool:
+        username, address = pair
+        if address is None:
+            return False
+        return self.store.address_known(username, address, self._clock() - self.remember_seconds)
 
 
 class Accounts:
@@ -41,8 +66,16 @@ class Accounts:
         clock: Callable[[], float] = time.time,
         deleted_name_hold_seconds: float = 30 * 24 * 3600,
         forget_archive: Callable[[str], None] = lambda username: None,
+        broker_password_checks: TokenBucket | None = None,
+        on_session_end: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
+        # Called with (username, session tag) once a session is revoked: closes its
+        # connections (services/auth/connections.py).
+        self.on_session_end = on_session_end
+        # Broker logins with a password are verified at most this fast, all names together:
+        # RabbitMQ does not tell us the client's address, so nothing else bounds them.
+        self.broker_password_checks = broker_password_checks or TokenBucket(rate=5, burst=20)
         self.hashing = hashing
         self.limiter = limiter
         self.inboxes = inboxes
@@ -69,13 +102,19 @@ class Accounts:
     def log_in(self, username: str, password: str, address: str | None) -> SessionCreated:
         """A new session, and its device queue, for the right password. Unknown user and
         wrong password raise the same InvalidCredentials after about the same time;
-        RateLimited while limited; BrokerUnavailable when the device queue cannot be made."""
+        RateLimited while throttled (ratelimit.py: a delay per name and address, budgets for
+        strangers); BrokerUnavailable when the device queue cannot be made."""
         retry_after = self.limiter.retry_after(username, address)
         if retry_after is not None:
             logger.warning("login for %r from %s refused: rate-limited", username, address)
             raise RateLimited(retry_after)
+        if not is_valid_username(username):  # cannot exist: no hash to run, a failure all the same
+            self.limiter.record_failure(username, address)
+            logger.info("failed login for %r from %s: not a user name", username, address)
+            raise InvalidCredentials()
         if not self._check_password(username, password, address):
             raise InvalidCredentials()
+        self.limiter.record_success(username, address)
         token = new_token()
         now = self._clock()
         expires_at = now + self.token_ttl_seconds
@@ -91,15 +130,25 @@ class Accounts:
         )
 
     def log_out(self, token: str) -> None:
-        """Revoke the session and delete its device queue (with what it still held)."""
-        session = self.store.take_session(token_hash(token))
+        """Revoke the session, close its connections, and delete its device queue (with
+        what it still held)."""
+        hashed = token_hash(token)
+        session = self.store.take_session(hashed)
         if session is None:
             raise InvalidCredentials()
-        self._delete_device(session)
         logger.info("a session of %s was revoked", session.username)
+        if self.on_session_end is not None:
+            self.on_session_end(session.username, session_tag_of_hash(hashed))
+        self._delete_device(session)
 
-    def sweep_expired_sessions(self) -> int:
-        """Delete expired sessions and their device queues; how many sessions went."""
+    def live_session_tags(self, username: str) -> set[str]:
+        """The connection tags of `username`'s live sessions (protocol.accounts)."""
+        hashes = self.store.live_session_hashes(username, self._clock())
+        return {session_tag_of_hash(hashed) for hashed in hashes}
+
+    def delete_expired_sessions(self) -> int:
+        """Delete expired sessions and their device queues; how many sessions went (the
+        session sweeper calls it; their connections are closed by the sweep after it)."""
         expired = self.store.take_expired_sessions(self._clock())
         for session in expired:
             try:
@@ -109,6 +158,8 @@ class Accounts:
         if expired:
             logger.info("swept %d expired sessions", len(expired))
         return len(expired)
+
+    sweep_expired_sessions = delete_expired_sessions
 
     def session_user(self, token: str) -> str | None:
         return self.store.session_user(token_hash(token), self._clock())
@@ -158,8 +209,12 @@ class Accounts:
             self._delete_device(each)
         self.inboxes.delete_user(user.username)
         now = self._clock()
+        hashes = self.store.live_session_hashes(user.username, now)
         self.store.delete_user(user.username, now, now + self.deleted_name_hold_seconds)
         logger.info("deleted the account %s", user.username)
+        if self.on_session_end is not None:  # every session's connections close now
+            for hashed in hashes:
+                self.on_session_end(user.username, session_tag_of_hash(hashed))
 
     def user(self, username: str) -> UserPublic:
         record = self.store.get_user(username)
@@ -182,19 +237,28 @@ class Accounts:
 
     def broker_login(self, username: str, secret: str) -> bool:
         """Whether RabbitMQ may let `username` in with `secret`: a live session token of
-        that user, or the password. Password failures count toward the rate limit; while
-        limited, only a token is accepted (a token cannot be guessed, and this keeps a
-        password-guessing stranger from locking out a logged-in user's client)."""
+        that user, or the password. Refusals are cheap: a token is a hash lookup, a name that
+        is no user's is refused without running argon2, and password checks are throttled
+        per name and bounded in all (`broker_password_checks`). While limited, only a token
+        is accepted (a token cannot be guessed, and this keeps a password-guessing stranger
+        from locking out a logged-in user's client)."""
         if not permissions.may_log_in_as(username):
             logger.info("broker login as %r denied: not a user name", username)
             return False
         if self.session_user(secret) == username:
             return True
+        if self.store.get_user(username) is None:
+            logger.info("broker login as %r denied: no such user", username)
+            return False
         if self.limiter.retry_after(username, None) is not None:
             logger.warning("broker login as %s denied: rate-limited", username)
             return False
+        if not self.broker_password_checks.take():
+            logger.warning("broker login as %s denied: too many password logins at once", username)
+            return False
         if not self._check_password(username, secret, None):
             return False
+        self.limiter.record_success(username, None)
         logger.info("broker login as %s with the password", username)
         return True
 
