@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -78,6 +79,7 @@ def _open_session(
         display_name=display_name,
         device_id=device.device_id if device else None,
         device_queue=device.device_queue if device else None,
+        device_since=datetime.now(UTC) if device else None,
     )
     save_session(cli.paths, stored)
     return stored

@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -196,6 +197,7 @@ class ChatConsumer(threading.Thread):
         device_queue: str | None = None,
         on_queue: Callable[[str], object] | None = None,
         backlog: list[StoredMessage] | None = None,
+        device_since: datetime | None = None,
     ) -> ChatConsumer:
         inbox = InboxConsumer(connection)
         receipts = Sender(connection, interrupt=inbox.stopping)
@@ -213,6 +215,7 @@ class ChatConsumer(threading.Thread):
                 if "keeps no history" not in str(error)
                 else None
             ),
+            device_since=device_since,
         )
         reads = read_receipts(history, api, receipts) if api is not None else None
         return cls(feed, receipts, connection.close, history, screen, on_failure, reads, backlog)
@@ -328,6 +331,7 @@ def chat(
             device_queue=session.device_queue,
             on_queue=lambda queue: cli.save_device(session, None, queue),
             backlog=backlog,
+            device_since=session.device_since,
         )
         sender = ChatSender(sending, history, screen)
         with patch_stdout(raw=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import typer
 
@@ -105,8 +106,14 @@ class Cli:
         self, session: StoredSession, device_id: str | None, device_queue: str
     ) -> StoredSession:
         """Keep the session's device (queue) in the session file."""
+        since = session.device_since
+        if device_queue != session.device_queue:  # a new queue (again): it begins now
+            since = datetime.now(UTC)
         updated = replace(
-            session, device_id=device_id or session.device_id, device_queue=device_queue
+            session,
+            device_id=device_id or session.device_id,
+            device_queue=device_queue,
+            device_since=since,
         )
         save_session(self.paths, updated)
         self._session = updated

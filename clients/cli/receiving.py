@@ -186,6 +186,7 @@ def _receive(ctx: typer.Context, as_json: bool, idle_timeout: float | None) -> i
                 session.device_queue,
                 on_queue=lambda queue: cli.save_device(session, None, queue),
                 on_sync_failed=sync_warning(),
+                device_since=session.device_since,
             )
             with _StopOnSignals(connection):
                 feed.run(

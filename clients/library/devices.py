@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pika.exceptions
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # `inbox` waits this long for the legacy inbox to bring more before it counts as drained.
 LEGACY_IDLE_SECONDS = 0.2
+# A legacy message this much younger than the device queue may be missing from it (clocks).
+LEGACY_MARGIN = timedelta(seconds=60)
 _LEGACY_GONE_KEY = "legacy_inbox_gone"
 
 
@@ -74,6 +77,7 @@ class DeviceFeed:
         *,
         on_queue: Callable[[str], object] | None = None,
         on_sync_failed: Callable[[MessengerError], None] | None = None,
+        device_since: datetime | None = None,
     ) -> None:
         self.inbox = inbox
         self._connection = connection
@@ -82,6 +86,7 @@ class DeviceFeed:
         self._device_queue = device_queue
         self._on_queue = on_queue
         self._on_sync_failed = on_sync_failed
+        self._device_since = device_since
         self._history_available = api is not None and device_queue is not None
         inbox.queue = device_queue or inbox_queue(connection.username)
 
@@ -176,5 +181,17 @@ class DeviceFeed:
         if waiting == 0:
             return 0
         logger.info("draining %d messages from the legacy queue %s", waiting, legacy)
+        since = self._device_since
+
+        def older(messages: list[DeliveredMessage]) -> None:
+            # While the server still binds the legacy inbox it gets a copy of everything,
+            # and every device drains the same queue: what is younger than this device's
+            # queue is in it too, and comes from there, in order. Only what is older is
+            # shown from here (within the margin: the archive's unread catch-up has it).
+            if since is not None:
+                messages = [m for m in messages if m.sent_at < since - LEGACY_MARGIN]
+            if messages:
+                on_messages(messages)
+
         drain = InboxConsumer(self._connection, legacy)
-        return drain.run(on_messages, on_receipt, idle_timeout=LEGACY_IDLE_SECONDS)
+        return drain.run(older, on_receipt, idle_timeout=LEGACY_IDLE_SECONDS)

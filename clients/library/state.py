@@ -61,6 +61,9 @@ class StoredSession:
     # without devices, whose clients consume the legacy `inbox.<username>`.
     device_id: str | None = None
     device_queue: str | None = None
+    # When this device's queue began (the client's clock): what a legacy inbox holds from
+    # before is not in it (clients/library/devices.py).
+    device_since: datetime | None = None
 
     @property
     def expired(self) -> bool:
@@ -93,6 +96,7 @@ def save_session(paths: Paths, session: StoredSession) -> None:
             "display_name": session.display_name,
             "device_id": session.device_id,
             "device_queue": session.device_queue,
+            "device_since": session.device_since.isoformat() if session.device_since else None,
         },
         indent=2,
     )
@@ -134,12 +138,20 @@ def load_session(paths: Paths) -> StoredSession | None:
             display_name=data.get("display_name"),
             device_id=data.get("device_id"),
             device_queue=data.get("device_queue"),
+            device_since=_moment(data.get("device_since")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptState(
             f"the session file {paths.session_file} is damaged",
             hint="log in again with `messenger login USERNAME`",
         ) from exc
+
+
+def _moment(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def forget_session(paths: Paths) -> bool:
