@@ -22,6 +22,7 @@ import typer
 from clients.cli.context import cli_of, logged_in
 from clients.cli.edge import EXIT_CODES_HELP
 from clients.cli.output import Painter, err, json_line, message_line, out
+from clients.library.connection import FOREVER, RECONNECT_WINDOW_SECONDS
 from clients.library.history import History, StoredMessage
 from clients.library.messaging import MessengerConnection
 from protocol.messages import DeliveredMessage, ReceiptNotice
@@ -103,9 +104,14 @@ def _printer(
 
 
 def _receive(ctx: typer.Context, as_json: bool, idle_timeout: float | None) -> int:
+    """`inbox` (an idle timeout) reconnects for a while and fails; `listen` (none) for as
+    long as it runs, with a status line on stderr when it goes offline and comes back."""
     cli = cli_of(ctx)
     with logged_in(cli) as (session, history, names):
-        with cli.connect(session) as connection:
+        window = RECONNECT_WINDOW_SECONDS if idle_timeout is not None else FOREVER
+        with cli.connect(session, reconnect_window=window) as connection:
+            if idle_timeout is None:
+                connection.connection.outage.report = _status_line
             receiver = Receiver(
                 history,
                 show=_printer(session.username, as_json, names),
@@ -116,6 +122,12 @@ def _receive(ctx: typer.Context, as_json: bool, idle_timeout: float | None) -> i
                     receiver.on_messages, receiver.on_receipt, idle_timeout=idle_timeout
                 )
         return receiver.shown
+
+
+def _status_line(text: str) -> None:
+    """`offline: …` / `back online …`: on stderr, so `listen --json` stays parseable."""
+    paint = Painter.for_stream(sys.stderr)
+    err(paint(text, "yellow" if text.startswith(("offline", "still")) else "green"))
 
 
 class _StopOnSignals:
@@ -147,7 +159,8 @@ def inbox(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 @app.command(epilog=EXIT_CODES_HELP)
 def listen(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Print messages as they arrive, until Ctrl-C."""
+    """Print messages as they arrive, until Ctrl-C. When the server goes away, a line on
+    stderr says so, and it reconnects by itself for as long as it runs."""
     if not as_json and sys.stderr.isatty():
         err("Listening for messages; Ctrl-C stops.")
     _receive(ctx, as_json, None)

@@ -64,6 +64,11 @@ class LoginRefused(BrokerRefused):
     """The broker refused the login itself: a wrong secret, or a session that expired."""
 
 
+class LoginUnchecked(BrokerUnreachable):
+    """The broker refused the login, but the account API does not say the session is
+    invalid: the broker could not ask the auth service (it is restarting). Try again."""
+
+
 class MessageRejected(MessengerError):
     """The relay answered `rejected`: unknown recipient, invalid message, full inbox."""
 

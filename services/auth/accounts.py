@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from protocol.accounts import Session, SignupRequest, UserPublic
+from protocol.accounts import Session, SessionInfo, SignupRequest, UserPublic
 from services.auth import permissions
 from services.auth.errors import InvalidCredentials, RateLimited, UnknownUser, UsernameTaken
 from services.auth.hashing import PasswordHashing
@@ -73,6 +73,15 @@ class Accounts:
 
     def session_user(self, token: str) -> str | None:
         return self.store.session_user(token_hash(token), self._clock())
+
+    def session_info(self, token: str) -> SessionInfo | None:
+        """Whose live session `token` is, and until when; None for an unknown, expired or
+        revoked one."""
+        found = self.store.session(token_hash(token), self._clock())
+        if found is None:
+            return None
+        username, expires_at = found
+        return SessionInfo(username=username, expires_at=datetime.fromtimestamp(expires_at, UTC))
 
     def user(self, username: str) -> UserPublic:
         record = self.store.get_user(username)

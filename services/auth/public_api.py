@@ -12,7 +12,14 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from protocol.accounts import LoginRequest, Meta, Session, SignupRequest, UserPublic
+from protocol.accounts import (
+    LoginRequest,
+    Meta,
+    Session,
+    SessionInfo,
+    SignupRequest,
+    UserPublic,
+)
 from services.auth.accounts import Accounts
 from services.auth.body_limit import BodySizeLimit
 from services.auth.errors import (
@@ -85,6 +92,16 @@ def create_public_app(accounts: Accounts, meta: Meta, max_body_bytes: int = 64 *
     def log_in(body: LoginRequest, request: Request) -> Session:
         address = request.client.host if request.client else None
         return accounts.log_in(body.username, body.password, address)
+
+    @app.get("/v1/sessions/current", responses=_answers(401))
+    def current_session(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> SessionInfo:
+        token = credentials.credentials.strip() if credentials is not None else ""
+        info = accounts.session_info(token) if token else None
+        if info is None:
+            raise InvalidCredentials()
+        return info
 
     @app.delete(
         "/v1/sessions/current",

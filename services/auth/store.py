@@ -119,6 +119,15 @@ class Store:
             ).fetchone()
         return str(row[0]) if row else None
 
+    def session(self, token_hash: str, now: float) -> tuple[str, float] | None:
+        """The owner and expiry (epoch seconds) of a live session, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT username, expires_at FROM sessions WHERE token_hash = ? AND expires_at > ?",
+                (token_hash, now),
+            ).fetchone()
+        return (str(row[0]), float(row[1])) if row else None
+
     def delete_session(self, token_hash: str) -> bool:
         with self._lock:
             cursor = self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
