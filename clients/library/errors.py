@@ -77,6 +77,11 @@ class MessageRejected(MessengerError):
         self.reason = reason
 
 
+class DeliveryUncertain(BrokerUnreachable):
+    """The message was published, but the broker never confirmed it: it is delivered if the
+    broker had stored it. Sending it again could deliver it twice."""
+
+
 class NotConfirmed(MessengerError):
     """The broker holds the message, but the relay has not answered in time."""
 

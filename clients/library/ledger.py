@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from broker.backoff import backoff_delay
 from clients.library.errors import (
     BrokerRefused,
-    BrokerUnreachable,
+    DeliveryUncertain,
     MessageRejected,
     MessengerError,
     NotConfirmed,
@@ -193,7 +193,7 @@ class SendLedger:
             if lost is not None
             else f"the broker has not confirmed the message within {timeout:g} s"
         )
-        return BrokerUnreachable(
+        return DeliveryUncertain(
             f"{why}; if it had stored it, it will be delivered",
             hint="sending it again could deliver it twice; ask the recipient first",
         )

@@ -86,7 +86,7 @@ class ChatWindow:
         )
         self.child.logfile_read = self._log
         self.child.expect_exact("Chat with")
-        self.child.expect_exact("› ")  # noqa: RUF001 - the prompt
+        self.child.expect_exact("›")  # noqa: RUF001 - the prompt
 
     def screen(self) -> str:
         self._drain()
@@ -122,4 +122,5 @@ class ChatWindow:
         finally:
             self.child.close(force=True)
             self._log.close()
-        return self.child.exitstatus
+        status: int | None = self.child.exitstatus
+        return status

@@ -311,11 +311,13 @@ def open_clients(instance: Instance, base: Path) -> Iterator[OpenClients]:
     for someone in (sam, lena, carl):
         someone.signup()
     listen = Listener(lena, base)
-    chat = ChatWindow(carl, sam.username, base)
     try:
-        yield OpenClients(sam, lena, carl, listen, chat, Inbox(sam))
+        chat = ChatWindow(carl, sam.username, base)
+        try:
+            yield OpenClients(sam, lena, carl, listen, chat, Inbox(sam))
+        finally:
+            chat.close()
     finally:
-        chat.close()
         listen.stop()
 
 
