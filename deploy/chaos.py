@@ -212,8 +212,12 @@ def _receive_loop(
             traffic.seen.extend((m.text, m.id, now) for m in messages)
 
     ready.set()
-    stopper = threading.Thread(target=lambda: (traffic.stop.wait(), connection.stop()), daemon=True)
-    stopper.start()
+
+    def stop_when_told() -> None:
+        traffic.stop.wait()
+        connection.stop()
+
+    threading.Thread(target=stop_when_told, daemon=True).start()
     with connection:
         connection.consume_batches(on_messages)
 
