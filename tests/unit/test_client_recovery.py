@@ -73,8 +73,8 @@ def test_a_refused_login_while_the_auth_service_is_down_is_waited_out(fake_pika)
     opened = connection(check_session=lambda: None)
     lines: list[str] = []
     opened.outage.report = lines.append
-    answers = iter([refused_login, refused_login, lambda _port: Opened()])
-    fake.answer = lambda port: next(answers)(port)
+    answers: list[Callable[[int], Any]] = [refused_login, refused_login, lambda _port: Opened()]
+    fake.answer = lambda port: answers.pop(0)(port)
     opened.reconnect(pika.exceptions.StreamLostError("lost"), window=10)
     assert opened.is_open and len(fake.ports) == 4
     assert "cannot check logins right now" in lines[0]
