@@ -41,6 +41,7 @@ from clients.library.connection import FOREVER, Connection
 from clients.library.consumer import InboxConsumer
 from clients.library.errors import (
     BrokerRefused,
+    DeliveryUncertain,
     InvalidInput,
     MessageRejected,
     MessengerError,
@@ -146,10 +147,10 @@ class ChatSender(threading.Thread):
             )
         self._queue.put(text)
 
-    def finish(self, timeout: float) -> None:
+    def finish(self, timeout: float, offline: bool = False) -> None:
         """Send what is queued, unless offline; then list what was not sent."""
         self._queue.put(None)
-        if not self.offline:
+        if not (offline or self.offline):
             self.join(timeout)
         self.stopping.set()  # ends a wait to reconnect
         self.join(5)
@@ -163,9 +164,9 @@ class ChatSender(threading.Thread):
     def run(self) -> None:
         try:
             while (text := self._next()) is not None:
-                self._send(text)
-                with self._lock, contextlib.suppress(ValueError):
-                    self._unsent.remove(text)
+                if self._send(text):
+                    with self._lock, contextlib.suppress(ValueError):
+                        self._unsent.remove(text)
         finally:
             self._connection.close()
 
@@ -183,20 +184,24 @@ class ChatSender(threading.Thread):
                     raise
         return None
 
-    def _send(self, raw: str) -> None:
+    def _send(self, raw: str) -> bool:
+        """Send one line and say what became of it; False when the chat ended while the
+        line waited for the connection (finish() lists it as not sent)."""
         peer = self._screen.peer
         try:
             to, text = validated(peer, raw)
             answer = self._sender.send(to, text, timeout=ANSWER_TIMEOUT)
         except MessengerError as exc:
-            if self.stopping.is_set() and not isinstance(exc, MessageRejected | NotConfirmed):
-                return  # the chat ends while offline: finish() lists it as not sent
+            settled = MessageRejected | NotConfirmed | DeliveryUncertain | InvalidInput
+            if self.stopping.is_set() and not isinstance(exc, settled):
+                return False
             self._failed(raw, exc)
         else:
             stored = record_sent(self._history, to, text, answer)
             self._screen.message(stored)
             if not stored.shown:  # a note to self: seen here, not again by `inbox`
                 self._history.mark_shown_many([stored.id])
+        return True
 
     def _failed(self, raw: str, error: MessengerError) -> None:
         """Say what became of the line: refused, held by the broker (… queued), or what
@@ -342,7 +347,7 @@ def chat(
             try:
                 _converse(prompt, sender, screen, lambda: online.offline)
             finally:
-                sender.finish(timeout=ANSWER_TIMEOUT + 5)
+                sender.finish(timeout=ANSWER_TIMEOUT + 5, offline=online.offline)
                 consumer.stop()
                 consumer.join(timeout=5)
         if prompt.failure is not None:
