@@ -58,6 +58,17 @@ logger = logging.getLogger("messenger.chaos")
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTS = ("relay", "auth service", "broker node")
+# With --cluster, a second scenario: `make run CLUSTER=1` (three nodes, quorum queues), the
+# node every client and service uses first SIGKILLed.
+CLUSTER_FAULTS = ("cluster node",)
+ROW_NAMES = {
+    "baseline": "none (baseline, one node)",
+    "relay": "SIGKILL relay",
+    "auth service": "SIGKILL auth service",
+    "broker node": "SIGKILL broker node",
+    "cluster baseline": "none (baseline, cluster of three)",
+    "cluster node": "SIGKILL the first of three cluster nodes",
+}
 START_TIMEOUT = 180.0
 BACK_TIMEOUT = 120.0
 SETTLE_SECONDS = 4.0  # of steady traffic before each fault, and after the part is back
@@ -101,10 +112,10 @@ class Traffic:
 class Instance:
     """`python -m deploy.run` on a private data directory, for as long as the run lasts."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Path, cluster: bool = False) -> None:
+        self.data_dir = data_dir / "cluster" if cluster else data_dir  # where running.json is
         self.public_port = stable_ports(1)[0]
-        self.log_path = data_dir.parent / "make-run.log"
+        self.log_path = data_dir.parent / ("make-run-cluster.log" if cluster else "make-run.log")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
         env.update(
             MESSENGER_RUN_DATA_DIR=str(data_dir),
@@ -113,7 +124,7 @@ class Instance:
         )
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "deploy.run"],
+                [sys.executable, "-m", "deploy.run", *(["--cluster"] if cluster else [])],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -121,7 +132,7 @@ class Instance:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while run_state.read(data_dir) is None:
+        while run_state.read(self.data_dir) is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"make run did not start; see {self.log_path}")
             time.sleep(0.2)
@@ -130,10 +141,12 @@ class Instance:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.public_port}"
 
-    def part(self, prefix: str) -> tuple[str, int]:
+    def part(self, fault: str) -> tuple[str, int]:
+        """The part a fault kills: by name, or for `cluster node` the first node."""
         state = run_state.read(self.data_dir)
         assert state is not None
-        (name,) = [n for n in state.parts if n.startswith(prefix)]
+        prefix = "broker node" if fault == "cluster node" else fault
+        name = [n for n in state.parts if n.startswith(prefix)][0]
         pid = state.parts[name]
         assert pid is not None
         return name, pid
@@ -330,7 +343,12 @@ def _span(values: list[float]) -> str:
 
 
 def _report(
-    traffic: Traffic, windows: list[Window], rounds: int, rate: float, seconds: float
+    traffic: Traffic,
+    windows: list[Window],
+    rounds: int,
+    rate: float,
+    seconds: float,
+    cluster: bool,
 ) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0]
@@ -346,18 +364,28 @@ def _report(
         " pace through the client library, exactly as `messenger send` does: each message"
         f" waits at most {SEND_TIMEOUT:g} s and is told what is true of it. The other user"
         " consumes as `messenger listen` does, reconnecting for as long as it runs. Each"
-        " fault is a SIGKILL of one part while the traffic runs; the supervisor restarts it.",
+        " fault is a SIGKILL of one part while the traffic runs; the supervisor restarts it."
+        + (
+            " Then the same on `make run CLUSTER=1` (three nodes, quorum queues), whose first"
+            " node (the one every client and service uses first) is SIGKILLed: they move to"
+            " the next node at once."
+            if cluster
+            else ""
+        ),
         "",
         "| fault | runs | sent | accepted | held | not sent | uncertain | seen | lost |"
         " shown twice | reordered | part back after | delivery resumed after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for fault in ("baseline", *FAULTS):
+    rows = ["baseline", *FAULTS]
+    if cluster:
+        rows += ["cluster baseline", *CLUSTER_FAULTS]
+    for fault in rows:
         tally = _tally(traffic, fault)
         runs = [w for w in windows if w.fault == fault]
         back = _span([w.back_after for w in runs if w.back_after is not None])
         resumed = _span([w.resumed_after for w in runs if w.resumed_after is not None])
-        name = "none (baseline)" if fault == "baseline" else f"SIGKILL {fault}"
+        name = ROW_NAMES[fault]
         lines.append(
             f"| {name} | {len(runs) or '-'} | {tally.sent} | {tally.accepted} | {tally.held}"
             f" | {tally.not_sent + tally.refused} | {tally.uncertain} | {tally.seen}"
@@ -411,17 +439,32 @@ def _data_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run(rounds: int, rate: float, out: Path) -> str:
+def run(rounds: int, rate: float, out: Path, cluster: bool = False) -> str:
     """The whole matrix; returns the report (also written to `out`)."""
     began = time.monotonic()
+    traffic, windows = _scenario(rounds, rate, cluster=False)
+    if cluster:
+        more_traffic, more_windows = _scenario(rounds, rate, cluster=True)
+        traffic.outcomes += more_traffic.outcomes
+        traffic.seen += more_traffic.seen
+        windows += more_windows
+    report = _report(traffic, windows, rounds, rate, time.monotonic() - began, cluster)
+    out.write_text(report)
+    return report
+
+
+def _scenario(rounds: int, rate: float, cluster: bool) -> tuple[Traffic, list[Window]]:
+    """One `make run` (or `make run CLUSTER=1`) under traffic, each fault `rounds` times."""
+    baseline = "cluster baseline" if cluster else "baseline"
+    faults = CLUSTER_FAULTS if cluster else FAULTS
     with _data_dir() as data_dir:
-        instance = Instance(data_dir)
+        instance = Instance(data_dir, cluster)
         try:
             with AccountsClient(instance.url) as accounts:
                 meta = accounts.meta()
                 sender = _user(accounts, "sender")
                 receiver = _user(accounts, "receiver")
-            traffic = Traffic()
+            traffic = Traffic(label=(baseline, 0))
             ready = threading.Event()
             threads = [
                 threading.Thread(
@@ -438,10 +481,10 @@ def run(rounds: int, rate: float, out: Path) -> str:
             threads[0].start()
             ready.wait(30)
             threads[1].start()
-            _wait_steady(traffic, ("baseline", 0), SETTLE_SECONDS * 2)
+            _wait_steady(traffic, (baseline, 0), SETTLE_SECONDS * 2)
             windows: list[Window] = []
             for round_ in range(1, rounds + 1):
-                for fault in FAULTS:
+                for fault in faults:
                     window = Window(fault, round_)
                     windows.append(window)
                     _apply(instance, traffic, window)
@@ -452,9 +495,7 @@ def run(rounds: int, rate: float, out: Path) -> str:
                 thread.join(30)
         finally:
             instance.stop()
-    report = _report(traffic, windows, rounds, rate, time.monotonic() - began)
-    out.write_text(report)
-    return report
+    return traffic, windows
 
 
 def _drain(traffic: Traffic) -> None:
@@ -481,12 +522,15 @@ DEFAULT_OUT = REPO / "docs" / "reliability.md"
 def main(
     rounds: Annotated[int, typer.Option(help="How often each fault is applied.")] = 1,
     rate: Annotated[float, typer.Option(help="Messages sent per second.")] = 5.0,
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="Also kill a node of `make run CLUSTER=1`.")
+    ] = False,
     out: Annotated[Path, typer.Option(help="Where the report goes.")] = DEFAULT_OUT,
 ) -> None:
     """Kill the relay, auth service and broker node of a `make run`, under traffic; report."""
     configure_logging()
     try:
-        report = run(rounds, rate, out)
+        report = run(rounds, rate, out, cluster)
     except RuntimeError as exc:
         logger.error("chaos run failed: %s", exc)
         raise typer.Exit(1) from None

@@ -68,7 +68,7 @@ def reason(error: BaseException, where: str) -> str:
     if cause is not None or isinstance(error, TimeoutError):
         return f"cannot reach the server at {where}"
     if isinstance(error, pika.exceptions.IncompatibleProtocolError):
-        return f"the server at {where} is starting"
+        return f"the server at {where} is not ready (starting or stopping)"
     return f"the server at {where} does not answer"
 
 
