@@ -146,7 +146,7 @@ class Instance:
         state = run_state.read(self.data_dir)
         assert state is not None
         prefix = "broker node" if fault == "cluster node" else fault
-        name = [n for n in state.parts if n.startswith(prefix)][0]
+        name = next(n for n in state.parts if n.startswith(prefix))
         pid = state.parts[name]
         assert pid is not None
         return name, pid
