@@ -57,6 +57,8 @@ from services.logs import configure_logging
 logger = logging.getLogger("messenger.chaos")
 
 REPO = Path(__file__).resolve().parent.parent
+# make run's output, kept after the run (its data directory is removed).
+LOGS = Path(tempfile.gettempdir()) / "messenger-chaos-logs"
 FAULTS = ("relay", "auth service", "broker node")
 # With --cluster, a second scenario: `make run CLUSTER=1` (three nodes, quorum queues), the
 # node every client and service uses first SIGKILLed.
@@ -112,10 +114,10 @@ class Traffic:
 class Instance:
     """`python -m deploy.run` on a private data directory, for as long as the run lasts."""
 
-    def __init__(self, data_dir: Path, cluster: bool = False) -> None:
+    def __init__(self, data_dir: Path, logs: Path, cluster: bool = False) -> None:
         self.data_dir = data_dir / "cluster" if cluster else data_dir  # where running.json is
         self.public_port = stable_ports(1)[0]
-        self.log_path = data_dir.parent / ("make-run-cluster.log" if cluster else "make-run.log")
+        self.log_path = logs / ("make-run-cluster.log" if cluster else "make-run.log")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
         env.update(
             MESSENGER_RUN_DATA_DIR=str(data_dir),
@@ -289,6 +291,7 @@ def _apply(instance: Instance, traffic: Traffic, window: Window) -> None:
 
 @dataclass
 class Tally:
+    lost_messages: list[str] = field(default_factory=list)
     sent: int = 0
     accepted: int = 0
     held: int = 0
@@ -324,6 +327,7 @@ def _tally(traffic: Traffic, fault: str) -> Tally:
         text = f"{outcome.fault}|{outcome.round}|{outcome.seq}"
         if verdict in ("accepted", "held") and text not in ids:
             tally.lost += 1
+            tally.lost_messages.append(text)
     tally.seen = len(ids)
     tally.twice = sum(1 for server_ids in ids.values() if len(server_ids) > 1)
     highest: tuple[int, int] = (-1, -1)
@@ -392,6 +396,10 @@ def _report(
             f" | **{tally.lost}** | **{tally.twice}** | {tally.reordered}"
             f" | {back if runs else '-'} | {resumed if runs else '-'} |"
         )
+    lost = [text for fault in rows for text in _tally(traffic, fault).lost_messages]
+    if lost:
+        lines += ["", "Lost (fault|round|sequence number): " + ", ".join(lost)]
+        logger.error("lost: %s", ", ".join(lost))
     lines += [
         "",
         "What the columns mean:",
@@ -439,10 +447,12 @@ def _data_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run(rounds: int, rate: float, out: Path, cluster: bool = False) -> str:
+def run(rounds: int, rate: float, out: Path, cluster: bool = False, single: bool = True) -> str:
     """The whole matrix; returns the report (also written to `out`)."""
     began = time.monotonic()
-    traffic, windows = _scenario(rounds, rate, cluster=False)
+    shutil.rmtree(LOGS, ignore_errors=True)
+    LOGS.mkdir(parents=True)
+    traffic, windows = _scenario(rounds, rate, cluster=False) if single else (Traffic(), [])
     if cluster:
         more_traffic, more_windows = _scenario(rounds, rate, cluster=True)
         traffic.outcomes += more_traffic.outcomes
@@ -458,7 +468,10 @@ def _scenario(rounds: int, rate: float, cluster: bool) -> tuple[Traffic, list[Wi
     baseline = "cluster baseline" if cluster else "baseline"
     faults = CLUSTER_FAULTS if cluster else FAULTS
     with _data_dir() as data_dir:
-        instance = Instance(data_dir, cluster)
+        instance = Instance(data_dir, LOGS, cluster)
+        logger.info(
+            "make run%s is up; its output: %s", " --cluster" if cluster else "", instance.log_path
+        )
         try:
             with AccountsClient(instance.url) as accounts:
                 meta = accounts.meta()
@@ -525,12 +538,15 @@ def main(
     cluster: Annotated[
         bool, typer.Option("--cluster", help="Also kill a node of `make run CLUSTER=1`.")
     ] = False,
+    single: Annotated[
+        bool, typer.Option(help="The one-node `make run` (--no-single: the cluster only).")
+    ] = True,
     out: Annotated[Path, typer.Option(help="Where the report goes.")] = DEFAULT_OUT,
 ) -> None:
     """Kill the relay, auth service and broker node of a `make run`, under traffic; report."""
     configure_logging()
     try:
-        report = run(rounds, rate, out, cluster)
+        report = run(rounds, rate, out, cluster, single)
     except RuntimeError as exc:
         logger.error("chaos run failed: %s", exc)
         raise typer.Exit(1) from None

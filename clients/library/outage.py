@@ -55,8 +55,8 @@ def reason(error: BaseException, where: str) -> str:
     if isinstance(error, LoginUnchecked):
         return f"the server at {where} cannot check logins right now (its account service is down)"
     if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
-        if error.reply_code == 320:  # CONNECTION_FORCED: the node is shutting down
-            return f"the server at {where} is shutting down"
+        if error.reply_code == 320 and "shutdown" in str(error.reply_text).lower():
+            return f"the server at {where} is shutting down"  # CONNECTION_FORCED, broker shutdown
         return f"the server at {where} closed the connection"
     if isinstance(error, pika.exceptions.StreamLostError):
         return f"lost the connection to the server at {where}"
