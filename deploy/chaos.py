@@ -108,7 +108,8 @@ class Traffic:
     outcomes: list[Outcome] = field(default_factory=list)
     seen: list[tuple[str, str, float]] = field(default_factory=list)  # text, server id, when
     lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # the receiver's
+    stop_sending: threading.Event = field(default_factory=threading.Event)
 
 
 class Instance:
@@ -190,7 +191,7 @@ def _send_loop(
     """`messenger send` at `rate` per second, one connection, a bounded wait per message."""
     connection: MessengerConnection | None = None
     seq = 0
-    while not traffic.stop.is_set():
+    while not traffic.stop_sending.is_set():
         started = time.monotonic()
         fault, round_ = traffic.label
         seq += 1
@@ -211,7 +212,7 @@ def _send_loop(
             if connection is not None and not connection.connection.is_open:
                 connection.close()
                 connection = None
-        traffic.stop.wait(max(0.0, 1.0 / rate - (time.monotonic() - started)))
+        traffic.stop_sending.wait(max(0.0, 1.0 / rate - (time.monotonic() - started)))
     if connection is not None:
         connection.close()
 
@@ -501,11 +502,13 @@ def _scenario(rounds: int, rate: float, cluster: bool) -> tuple[Traffic, list[Wi
                     window = Window(fault, round_)
                     windows.append(window)
                     _apply(instance, traffic, window)
-            traffic.label = ("drain", 0)
+            # The sender stops first (its last send answered), then everything accepted or
+            # held must arrive before the receiver stops.
+            traffic.stop_sending.set()
+            threads[1].join(SEND_TIMEOUT * 3)
             _drain(traffic)
             traffic.stop.set()
-            for thread in threads:
-                thread.join(30)
+            threads[0].join(30)
         finally:
             instance.stop()
     return traffic, windows
@@ -520,9 +523,7 @@ def _drain(traffic: Traffic) -> None:
             missing = [
                 o
                 for o in traffic.outcomes
-                if o.verdict in ("accepted", "held")
-                and o.fault != "drain"
-                and f"{o.fault}|{o.round}|{o.seq}" not in seen
+                if o.verdict in ("accepted", "held") and f"{o.fault}|{o.round}|{o.seq}" not in seen
             ]
         if not missing:
             return
