@@ -98,6 +98,9 @@ class Window:
     killed_at: float = 0.0
     back_after: float | None = None
     resumed_after: float | None = None
+    # The receiver's "back online", counted from when the part was back (None: it never
+    # went offline).
+    relisten_after_back: float | None = None
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Traffic:
     label: tuple[str, int] = ("baseline", 0)
     outcomes: list[Outcome] = field(default_factory=list)
     seen: list[tuple[str, str, float]] = field(default_factory=list)  # text, server id, when
+    back_online: list[float] = field(default_factory=list)  # the receiver's, when
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)  # the receiver's
     stop_sending: threading.Event = field(default_factory=threading.Event)
@@ -222,6 +226,13 @@ def _receive_loop(
 ) -> None:
     connection = _connect(url, meta, *receiver, window=FOREVER)
 
+    def on_status(line: str) -> None:
+        logger.info("receiver: %s", line)
+        if line.startswith("back online"):
+            traffic.back_online.append(time.monotonic())
+
+    connection.connection.outage.report = on_status
+
     def on_messages(messages: list[DeliveredMessage]) -> None:
         now = time.monotonic()
         with traffic.lock:
@@ -288,6 +299,10 @@ def _apply(instance: Instance, traffic: Traffic, window: Window) -> None:
         window.resumed_after,
     )
     time.sleep(SETTLE_SECONDS)
+    back_at = window.killed_at + window.back_after
+    online = next((when for when in traffic.back_online if when > window.killed_at), None)
+    if online is not None:
+        window.relisten_after_back = online - back_at
 
 
 @dataclass
@@ -379,8 +394,9 @@ def _report(
         ),
         "",
         "| fault | runs | sent | accepted | held | not sent | uncertain | seen | lost |"
-        " shown twice | reordered | part back after | delivery resumed after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " shown twice | reordered | part back after | delivery resumed after |"
+        " receiver back online |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = ["baseline", *FAULTS]
     if cluster:
@@ -390,12 +406,19 @@ def _report(
         runs = [w for w in windows if w.fault == fault]
         back = _span([w.back_after for w in runs if w.back_after is not None])
         resumed = _span([w.resumed_after for w in runs if w.resumed_after is not None])
+        relisten = [w.relisten_after_back for w in runs if w.relisten_after_back is not None]
+        if not runs:
+            receiver = "-"
+        elif relisten:
+            receiver = f"{_span(relisten)} after the part"
+        else:
+            receiver = "stayed connected"
         name = ROW_NAMES[fault]
         lines.append(
             f"| {name} | {len(runs) or '-'} | {tally.sent} | {tally.accepted} | {tally.held}"
             f" | {tally.not_sent + tally.refused} | {tally.uncertain} | {tally.seen}"
             f" | **{tally.lost}** | **{tally.twice}** | {tally.reordered}"
-            f" | {back if runs else '-'} | {resumed if runs else '-'} |"
+            f" | {back if runs else '-'} | {resumed if runs else '-'} | {receiver} |"
         )
     lost = [text for fault in rows for text in _tally(traffic, fault).lost_messages]
     if lost:
@@ -424,6 +447,9 @@ def _report(
         " broker node: until it takes logins again).",
         "- **delivery resumed after**: from the SIGKILL until the receiver saw the first"
         " message sent after it.",
+        "- **receiver back online**: when the receiver's connection was back (its `back"
+        " online` line), counted from when the part was back; `stayed connected`: it never"
+        " noticed the fault.",
         "",
         "An auth service outage does not stop delivery: the clients' broker connections"
         " stay open, and only new logins wait for it. While the relay is down the broker"
