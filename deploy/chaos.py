@@ -98,9 +98,8 @@ class Window:
     killed_at: float = 0.0
     back_after: float | None = None
     resumed_after: float | None = None
-    # The receiver's "back online", counted from when the part was back (None: it never
-    # went offline).
-    relisten_after_back: float | None = None
+    # The receiver's "back online", counted from the kill (None: it never went offline).
+    relisten_after: float | None = None
 
 
 @dataclass
@@ -299,10 +298,9 @@ def _apply(instance: Instance, traffic: Traffic, window: Window) -> None:
         window.resumed_after,
     )
     time.sleep(SETTLE_SECONDS)
-    back_at = window.killed_at + window.back_after
     online = next((when for when in traffic.back_online if when > window.killed_at), None)
     if online is not None:
-        window.relisten_after_back = online - back_at
+        window.relisten_after = online - window.killed_at
 
 
 @dataclass
@@ -406,11 +404,15 @@ def _report(
         runs = [w for w in windows if w.fault == fault]
         back = _span([w.back_after for w in runs if w.back_after is not None])
         resumed = _span([w.resumed_after for w in runs if w.resumed_after is not None])
-        relisten = [w.relisten_after_back for w in runs if w.relisten_after_back is not None]
+        relisten = [
+            f"{w.relisten_after:.1f} s ({w.relisten_after - w.back_after:+.1f} s)"
+            for w in runs
+            if w.relisten_after is not None and w.back_after is not None
+        ]
         if not runs:
             receiver = "-"
         elif relisten:
-            receiver = f"{_span(relisten)} after the part"
+            receiver = ", ".join(relisten)
         else:
             receiver = "stayed connected"
         name = ROW_NAMES[fault]
@@ -448,7 +450,8 @@ def _report(
         "- **delivery resumed after**: from the SIGKILL until the receiver saw the first"
         " message sent after it.",
         "- **receiver back online**: when the receiver's connection was back (its `back"
-        " online` line), counted from when the part was back; `stayed connected`: it never"
+        " online` line), from the SIGKILL, and in brackets relative to the part being back"
+        " (negative: it had moved to another node before); `stayed connected`: it never"
         " noticed the fault.",
         "",
         "An auth service outage does not stop delivery: the clients' broker connections"
