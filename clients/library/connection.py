@@ -261,12 +261,13 @@ class Connection:
                 connection = pika.BlockingConnection(parameters)
             except pika.exceptions.ProbableAuthenticationError as exc:
                 refused = _connection_error(exc, parameters, self.username)
-                if self._session_is_gone():
+                valid = self._session_check()
+                if valid is False:
                     raise refused from None
+                why = "the session is valid" if valid else "its account service does not answer"
                 last = errors[where] = LoginUnchecked(
-                    f"the server at {where} cannot check logins right now (its account"
-                    " service does not answer); nothing was sent",
-                    hint="try again in a moment",
+                    f"the server at {where} cannot check logins right now ({why})",
+                    hint="nothing was sent; try again in a moment",
                 )
             except pika.exceptions.AMQPError as exc:
                 error = _connection_error(exc, parameters, self.username)
@@ -281,21 +282,22 @@ class Connection:
                 return connection
             delay = self._nodes.failed()
 
-    def _session_is_gone(self) -> bool:
-        """After a refused login: only the account API's 401 makes it final."""
+    def _session_check(self) -> bool | None:
+        """After a refused login, the account API's word on the session: False (a 401)
+        makes the refusal final; True or None (it cannot be asked) make it one more failed
+        attempt. Without anybody to ask (a password login, a test), the broker is right."""
         if self._check_session is None:
-            return True  # nobody to ask (a password login, a test): believe the broker
+            return False
         try:
             valid = self._check_session()
         except MessengerError:
             valid = None
-        if valid is False:
-            return True
-        logger.info(
-            "the broker refused the login, but the session is %s",
-            "valid" if valid else "not known to be invalid",
-        )
-        return False
+        if valid is not False:
+            logger.info(
+                "the broker refused the login of a session that is %s",
+                "valid" if valid else "not known to be invalid",
+            )
+        return valid
 
     def _rediscover(self) -> None:
         """Ask `GET /v1/meta` again (at most every META_REFRESH_SECONDS); move to the nodes

@@ -53,7 +53,7 @@ def _when(retry_in: float) -> str:
 def reason(error: BaseException, where: str) -> str:
     """Why the broker at `where` (host:port) cannot be used, in words."""
     if isinstance(error, LoginUnchecked):
-        return f"the server at {where} cannot check logins right now (its account service is down)"
+        return str(error)  # the server at … cannot check logins right now (why)
     if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
         if error.reply_code == 320 and "shutdown" in str(error.reply_text).lower():
             return f"the server at {where} is shutting down"  # CONNECTION_FORCED, broker shutdown
