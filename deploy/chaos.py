@@ -98,7 +98,7 @@ class Window:
     killed_at: float = 0.0
     back_after: float | None = None
     resumed_after: float | None = None
-    # The receiver's "back online", counted from the kill (None: it never went offline).
+    # The receiver's connection open again, counted from the kill (None: never lost).
     relisten_after: float | None = None
 
 
@@ -109,7 +109,7 @@ class Traffic:
     label: tuple[str, int] = ("baseline", 0)
     outcomes: list[Outcome] = field(default_factory=list)
     seen: list[tuple[str, str, float]] = field(default_factory=list)  # text, server id, when
-    back_online: list[float] = field(default_factory=list)  # the receiver's, when
+    reconnected: list[float] = field(default_factory=list)  # the receiver's, when
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)  # the receiver's
     stop_sending: threading.Event = field(default_factory=threading.Event)
@@ -225,12 +225,8 @@ def _receive_loop(
 ) -> None:
     connection = _connect(url, meta, *receiver, window=FOREVER)
 
-    def on_status(line: str) -> None:
-        logger.info("receiver: %s", line)
-        if line.startswith("back online"):
-            traffic.back_online.append(time.monotonic())
-
-    connection.connection.outage.report = on_status
+    connection.connection.outage.report = lambda line: logger.info("receiver: %s", line)
+    connection.connection.add_resume_hook(lambda: traffic.reconnected.append(time.monotonic()))
 
     def on_messages(messages: list[DeliveredMessage]) -> None:
         now = time.monotonic()
@@ -298,7 +294,7 @@ def _apply(instance: Instance, traffic: Traffic, window: Window) -> None:
         window.resumed_after,
     )
     time.sleep(SETTLE_SECONDS)
-    online = next((when for when in traffic.back_online if when > window.killed_at), None)
+    online = next((when for when in traffic.reconnected if when > window.killed_at), None)
     if online is not None:
         window.relisten_after = online - window.killed_at
 
@@ -393,7 +389,7 @@ def _report(
         "",
         "| fault | runs | sent | accepted | held | not sent | uncertain | seen | lost |"
         " shown twice | reordered | part back after | delivery resumed after |"
-        " receiver back online |",
+        " receiver back |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = ["baseline", *FAULTS]
@@ -449,10 +445,9 @@ def _report(
         " broker node: until it takes logins again).",
         "- **delivery resumed after**: from the SIGKILL until the receiver saw the first"
         " message sent after it.",
-        "- **receiver back online**: when the receiver's connection was back (its `back"
-        " online` line), from the SIGKILL, and in brackets relative to the part being back"
-        " (negative: it had moved to another node before); `stayed connected`: it never"
-        " noticed the fault.",
+        "- **receiver back**: when the receiver's connection was open again, from the"
+        " SIGKILL, and in brackets relative to the part being back (negative: it had moved"
+        " to another node before); `stayed connected`: its connection was never lost.",
         "",
         "An auth service outage does not stop delivery: the clients' broker connections"
         " stay open, and only new logins wait for it. While the relay is down the broker"
