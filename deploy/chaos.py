@@ -447,7 +447,8 @@ def _report(
         " message sent after it.",
         "- **receiver back**: when the receiver's connection was open again, from the"
         " SIGKILL, and in brackets relative to the part being back (negative: it had moved"
-        " to another node before); `stayed connected`: its connection was never lost.",
+        " to another node before); runs in which its connection was never lost are left"
+        " out (`stayed connected`: in none of them).",
         "",
         "An auth service outage does not stop delivery: the clients' broker connections"
         " stay open, and only new logins wait for it. While the relay is down the broker"
