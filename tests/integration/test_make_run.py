@@ -69,11 +69,11 @@ class Instance:
         )
         return env
 
-    def start(self) -> None:
+    def start(self, **extra_env: str) -> None:
         with self.output.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "deploy.run"],
-                env=self.env(),
+                env={**self.env(), **extra_env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -523,6 +523,30 @@ def test_a_chat_stays_open_while_make_run_is_stopped_and_started_again(
     clients.listen.wait_for("to listen after the restart", FLOW_TIMEOUT)
     assert clients.sams_inbox.seen[typed] == 1
     assert clients.chat.screen().count(f"{carl.username}): {typed}") == 1
+    no_raw_errors(clients.chat.screen())
+    no_raw_errors(clients.listen.status())
+
+
+def test_open_clients_find_the_broker_where_the_server_says_it_moved(
+    instance: Instance, open_clients: OpenClients
+):
+    """make run started again on another AMQP port (as when another program took the old
+    one): the clients that stayed open ask `GET /v1/meta` while they wait, and go there."""
+    clients = open_clients
+    sam, lena, carl = clients.sam, clients.lena, clients.carl
+    old_url = instance.state().amqp_urls[0]
+    assert instance.stop() == 0
+    (new_port,) = stable_ports(1)
+    instance.start(MESSENGER_RUN_AMQP_PORT=str(new_port))
+    assert instance.state().amqp_urls[0] != old_url
+    assert f":{new_port}" in instance.state().amqp_urls[0]
+    sam.ok("send", carl.username, "to the chat on the moved broker")
+    sam.ok("send", lena.username, "to listen on the moved broker")
+    clients.chat.wait_for("to the chat on the moved broker", FLOW_TIMEOUT)
+    clients.listen.wait_for("to listen on the moved broker", FLOW_TIMEOUT)
+    clients.chat.type_line("typed on the moved broker")
+    clients.sams_inbox.wait_for("typed on the moved broker")
+    assert clients.listen.count("to listen on the moved broker") == 1
     no_raw_errors(clients.chat.screen())
     no_raw_errors(clients.listen.status())
 
