@@ -43,7 +43,7 @@ from clients.library.errors import (
     MessengerError,
 )
 from clients.library.outage import Outage, reason
-from protocol.accounts import Meta
+from protocol.accounts import Meta, connection_name
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,8 @@ def broker_nodes(meta: Meta, username: str, secret: str) -> list[pika.Connection
                 vhost=meta.vhost,
                 username=username,
                 password=secret,
-                name=f"messenger client {username}",
+                # The auth service closes it when the session ends (protocol.accounts).
+                name=connection_name(username, secret),
                 heartbeat=60,
                 blocked_connection_timeout=30,
             )

@@ -29,6 +29,7 @@ from protocol.messages import (
     RelayAnswer,
     SendRequest,
     encode,
+    is_valid_client_id,
 )
 from protocol.topology import (
     CONTENT_TYPE,
@@ -38,7 +39,6 @@ from protocol.topology import (
     TYPE_SEND,
 )
 
-MAX_CLIENT_ID_CHARS = 128
 # A client clock further ahead than this is not believed: its message gets a fresh id.
 MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000
 
@@ -238,9 +238,11 @@ def _receipt(incoming: Incoming, sender: str, now: datetime, new_id: str) -> Out
 
 
 def _client_id(incoming: Incoming) -> str | None:
-    if incoming.message_id is None:
+    """The sender's message id when it is a valid client id (protocol.messages), else None:
+    free text never reaches the recipient."""
+    if not is_valid_client_id(incoming.message_id):
         return None
-    return incoming.message_id[:MAX_CLIENT_ID_CHARS]
+    return incoming.message_id
 
 
 def _server_id(

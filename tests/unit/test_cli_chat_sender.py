@@ -44,8 +44,9 @@ class FakeSender:
             if self.stopping.is_set():
                 raise BrokerUnreachable("stopped while reconnecting to the broker")
         self.sent.append(text)
+        number = len(self.sent)
         return RelayAnswer(
-            status="accepted", client_id=f"c-{text}", id=f"id-{text}", sent_at=datetime.now(UTC)
+            status="accepted", client_id=f"c-{number}", id=f"id-{number}", sent_at=datetime.now(UTC)
         )
 
     def keep_alive(self) -> None:
