@@ -9,8 +9,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from fastapi import Depends, FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from protocol.accounts import (
     LoginRequest,
@@ -133,6 +136,22 @@ def create_public_app(accounts: Accounts, meta: Meta, max_body_bytes: int = 64 *
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own answers (404, 405), with a true `Allow`: a path served by two
+        routes (GET and DELETE /v1/sessions/current) allows the methods of both."""
+        headers = dict(exc.headers or {})
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            allowed = {
+                method
+                for route in app.router.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE
+                for method in route.methods or ()
+            }
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return _error(exc.status_code, str(exc.detail), headers or None)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
