@@ -171,7 +171,7 @@ def test_logout_needs_a_bearer_token_and_revokes_it(public):
     assert public.delete("/v1/sessions/current", headers=auth).status_code == 204
     assert public.get("/v1/sessions/current", headers=auth).status_code == 401
     assert public.get("/v1/sessions/current").status_code == 401
-    wrong_method = public.put("/v1/sessions/current")
+    wrong_method = public.request("PUT", "/v1/sessions/current")
     assert wrong_method.status_code == 405
     assert wrong_method.headers["Allow"] == "DELETE, GET"  # both routes of the path
     response = public.delete("/v1/sessions/current", headers=auth)
