@@ -282,6 +282,10 @@ class Connection:
                 return connection
             delay = self._nodes.failed()
 
+    def session_check(self) -> bool | None:
+        """The account API's word on the session (see `_session_check`)."""
+        return self._session_check()
+
     def _session_check(self) -> bool | None:
         """After a refused login, the account API's word on the session: False (a 401)
         makes the refusal final; True or None (it cannot be asked) make it one more failed

@@ -77,6 +77,11 @@ class MessageRejected(MessengerError):
         self.reason = reason
 
 
+class PermissionUnchecked(BrokerUnreachable):
+    """The broker refused a publish because it could not ask the auth service (down or
+    restarting), while the session is valid: nothing was sent; try again."""
+
+
 class DeliveryUncertain(BrokerUnreachable):
     """The message was published, but the broker never confirmed it: it is delivered if the
     broker had stored it. Sending it again could deliver it twice."""

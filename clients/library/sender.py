@@ -23,9 +23,15 @@ import time
 from collections.abc import Iterable, Iterator
 
 import pika.exceptions
+import pika.spec
 
 from clients.library.connection import FOREVER, RECONNECT_WINDOW_SECONDS, Connection
-from clients.library.errors import BrokerUnreachable, MessageRejected
+from clients.library.errors import (
+    BrokerUnreachable,
+    LoginRefused,
+    MessageRejected,
+    PermissionUnchecked,
+)
 from clients.library.ledger import SendLedger
 from clients.library.publisher import FLUSH_EVERY, Publisher
 from protocol.messages import ReceiptStatus, RelayAnswer
@@ -54,6 +60,7 @@ class Sender:
         self._interrupt = interrupt
         self._window = reconnect_window
         self._deadline: float | None = None  # the end of the bounded send() in progress
+        self._republished = 0  # times everything unanswered was published again, refusals
         self._ledger = SendLedger()
         self._publisher: Publisher | None = None
         # Sending channels given up after a nack: kept open (on the same connection) until
@@ -90,6 +97,9 @@ class Sender:
                     answers = self._collect([client_id], timeout, forget_missing=False)
             except BrokerUnreachable as exc:
                 if client_id is None:
+                    raise
+                if isinstance(exc, PermissionUnchecked):  # refused: it was not stored
+                    self._ledger.forget(client_id)
                     raise
                 raise self._ledger.unanswered_error(
                     client_id, timeout, self._connection.username, lost=exc
@@ -218,9 +228,9 @@ class Sender:
                 break
             if not self._publish_nacked_again(pending):
                 break
-            generation = self._connection.generation
+            before = self._attempt()
             self._pump(min(left, 0.1), timeout)
-            if self._deadline is None and self._connection.generation != generation:
+            if self._deadline is None and self._attempt() != before:
                 deadline = time.monotonic() + timeout
         for client_id in pending if forget_missing else ():
             self._ledger.forget(client_id)
@@ -271,6 +281,50 @@ class Sender:
             if self._publisher is None or not self._publisher.current_on(self._connection):
                 self._ready_publisher()  # after an error, or a consumer's failover
             self._connection.pump(time_limit)
+        if self._publisher is not None and self._publisher.closed_by_broker is not None:
+            self._publish_refused(self._publisher.closed_by_broker)
+
+    def _publish_refused(self, error: pika.exceptions.ChannelClosedByBroker) -> None:
+        """The broker closed the sending channel. A 403 for a session the account API does
+        not call gone means the broker could not ask the auth service (it restarts): wait
+        and publish everything unanswered again on a new channel, for as long as this
+        sender waits out outages (a bounded send: PermissionUnchecked, nothing was sent).
+        Anything else is the broker's refusal, raised as it is."""
+        self._publisher = None
+        while True:
+            if error.reply_code != pika.spec.ACCESS_REFUSED:
+                raise error
+            valid = self._connection.session_check()
+            if valid is False:
+                raise LoginRefused(
+                    f"the server refused {self._connection.username!r}: the session has ended",
+                    hint="log in again",
+                )
+            why = (
+                "the server cannot check permissions right now (its account service does not"
+                " answer); the message was not sent"
+            )
+            if self._deadline is not None and self._deadline - time.monotonic() < 1.0:
+                raise PermissionUnchecked(why, hint="try again in a moment")
+            self._connection.outage.failed(why.split(";")[0], 1.0)
+            if self._interrupt is not None and self._interrupt.wait(1.0):
+                raise BrokerUnreachable("stopped while waiting for the server")
+            if self._interrupt is None:
+                time.sleep(1.0)
+            try:
+                with self._failover(5.0):
+                    self._ready_publisher()  # publishes everything unanswered again
+                    self._connection.pump(0.2)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                error = exc
+                continue
+            if self._publisher is not None and self._publisher.closed_by_broker is not None:
+                error = self._publisher.closed_by_broker
+                self._publisher = None
+                continue
+            self._republished += 1
+            self._connection.outage.recovered()
+            return
 
     def _publisher_now(self, timeout: float) -> Publisher:
         """The sending channel; a new one first publishes again what is unanswered."""
@@ -297,6 +351,11 @@ class Sender:
         self._publisher, self._retired = None, []
         if self._ledger.unsettled():
             self._ready_publisher()
+
+    def _attempt(self) -> tuple[int, int]:
+        """Changes whenever everything unanswered was published again (a failover, a
+        refused channel): the relay's answers are due anew."""
+        return (self._connection.generation, self._republished)
 
     def keep_alive(self) -> None:
         """Between sends: notice a lost connection and reconnect now (for up to the

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,10 +277,15 @@ class Inbox:
         self.owner = owner
         self.seen: dict[str, int] = {}
 
-    def wait_for(self, text: str, timeout: float = FLOW_TIMEOUT) -> None:
+    def wait_for(
+        self, text: str, timeout: float = FLOW_TIMEOUT, why: Callable[[], str] = str
+    ) -> None:
+        """Until `text` was shown; `why()` says more when it never is (a chat's screen)."""
         deadline = time.monotonic() + timeout
         while self.seen.get(text, 0) == 0:
-            assert time.monotonic() < deadline, f"{text!r} never reached {self.owner.username}"
+            assert time.monotonic() < deadline, (
+                f"{text!r} never reached {self.owner.username}\n{why()}"
+            )
             result = self.owner.run("inbox", "--json")
             if result.code != 0:
                 time.sleep(0.3)
@@ -358,7 +363,7 @@ def test_open_clients_ride_out_a_killed_part(
     listened = time.monotonic()
     clients.chat.wait_for(f"{sam.username}): {during}", FLOW_TIMEOUT)
     chatted = time.monotonic()
-    clients.sams_inbox.wait_for(typed)
+    clients.sams_inbox.wait_for(typed, why=lambda: clients.chat.screen()[-4000:])
     logger.warning(
         "SIGKILL of the %s: back after %.1f s; listen showed a message sent meanwhile after "
         "%.1f s, chat after %.1f s",
