@@ -9,9 +9,16 @@ publish is confirmed, returned or nacked, and its sender answered. Per-sender or
 because a shard's messages are published in the order they were consumed, and the broker
 keeps that order into the inbox queue.
 
-Decisions live in routing.py; this module decodes, calls them, publishes and acks. A
-refused publish goes to inbox_checks.py, answers to answers.py; lifecycle.py opens the
-connection and the channel, makes one `OutboxWorker` per channel and stops it.
+Decisions live in routing.py (and rate_limits.py); this module decodes, calls them,
+publishes and acks. A refused publish goes to inbox_checks.py, answers to answers.py,
+poison to dead_letters.py; lifecycle.py opens the connection and the channel, makes one
+`OutboxWorker` per channel and stops it.
+
+Nothing a sender publishes may raise out of `on_message`: an exception there leaves pika's
+I/O loop, the relay dies, the message comes back, and the relay dies again (issue 9).
+`decode()` turns whatever pika hands over (bytes where text belongs, properties pika could
+not decode at all: broker/pika_io.guard_property_decoding) into an `Incoming` with its
+`problem` named, and `route()` never raises.
 """
 
 from __future__ import annotations
@@ -26,14 +33,33 @@ import pika.frame
 import pika.spec
 from pika.adapters.select_connection import SelectConnection
 
+from broker.pika_io import undecodable
 from protocol import PROTOCOL_VERSION
 from protocol.messages import PROTOCOL_HEADER, SENT_MS_HEADER
-from protocol.topology import CONTENT_TYPE, INBOX_EXCHANGE, OUTBOX_QUEUES
+from protocol.topology import (
+    CONTENT_TYPE,
+    INBOX_EXCHANGE,
+    OUTBOX_QUEUES,
+    TYPE_RECEIPT,
+    TYPE_RECEIPT_NOTICE,
+)
 from services.relay.answers import AnswerChannel
 from services.relay.confirms import ConfirmTracker, Pending
+from services.relay.dead_letters import DeadLetterChannel, Poison
 from services.relay.ids import IdGenerator
 from services.relay.inbox_checks import RefusedPublishes
-from services.relay.routing import DeadLetter, Deliver, Incoming, Reply, Verdict, answer_for, route
+from services.relay.rate_limits import Limit, RateLimits
+from services.relay.routing import (
+    DeadLetter,
+    Deliver,
+    Incoming,
+    Outcome,
+    Reply,
+    Verdict,
+    answer_for,
+    refuse,
+    route,
+)
 from services.relay.settings import RelaySettings
 from services.relay.status import Counters
 
@@ -42,16 +68,33 @@ logger = logging.getLogger(__name__)
 _HEADERS = {PROTOCOL_HEADER: PROTOCOL_VERSION}
 
 
+_TEXT_PROPERTIES = ("user_id", "content_type", "type", "message_id", "reply_to")
+
+
 def decode(props: pika.spec.BasicProperties, body: bytes) -> Incoming:
-    """The parts of an outbox delivery that routing looks at."""
+    """The parts of an outbox delivery that routing looks at. Never raises: a property
+    that is not text (pika hands over invalid UTF-8 as bytes), or properties pika could not
+    decode, make the `problem` that dead-letters the message."""
+    problem = undecodable(props)
+    if problem is not None:
+        problem = f"properties pika cannot decode ({problem})"
+    text: dict[str, str | None] = {}
+    for name in _TEXT_PROPERTIES:
+        value = getattr(props, name, None)
+        if value is not None and not isinstance(value, str):
+            problem = problem or f"the {name} property is not UTF-8 text"
+            value = None
+        text[name] = value
+    headers = props.headers if isinstance(props.headers, dict) else None
     return Incoming(
-        body=body,
-        user_id=props.user_id,
-        content_type=props.content_type,
-        type=props.type,
-        message_id=props.message_id,
-        reply_to=props.reply_to,
-        client_ms=_header_int(props.headers, SENT_MS_HEADER),
+        body=body if isinstance(body, bytes) else bytes(body),
+        user_id=text["user_id"],
+        content_type=text["content_type"],
+        type=text["type"],
+        message_id=text["message_id"],
+        reply_to=text["reply_to"],
+        client_ms=_header_int(headers, SENT_MS_HEADER),
+        problem=problem,
     )
 
 
@@ -73,6 +116,7 @@ class OutboxWorker:
         counters: Counters,
         clock: Callable[[], datetime],
         ids: IdGenerator,
+        limits: RateLimits,
         on_consuming: Callable[[], None] = lambda: None,
         on_finished: Callable[[], None] = lambda: None,
     ) -> None:
@@ -83,6 +127,7 @@ class OutboxWorker:
         self._counters = counters
         self._clock = clock
         self._ids = ids
+        self._limits = limits
         self._on_consuming = on_consuming
         self._on_finished = on_finished
         self._confirms = ConfirmTracker()
@@ -93,6 +138,9 @@ class OutboxWorker:
             usable=lambda: self._channel.is_open,
             retry_max_delay=settings.retry_max_delay_seconds,
             counters=counters,
+        )
+        self._dead = DeadLetterChannel(
+            connection, counters=counters, done=self._ack, fallback=self._reject
         )
         self._consumer_tags: set[str] = set()
         self._consuming = 0
@@ -109,6 +157,7 @@ class OutboxWorker:
         return self._confirms.message_ids
 
     def start(self) -> None:
+        self._dead.open()
         channel = self._channel
         channel.add_on_return_callback(self.on_return)
         channel.add_on_cancel_callback(self._on_cancelled)
@@ -123,28 +172,80 @@ class OutboxWorker:
         props: pika.spec.BasicProperties,
         body: bytes,
     ) -> None:
-        outcome = route(decode(props, body), now=self._clock(), new_id=self._ids.next_id())
         tag = method.delivery_tag
+        incoming = decode(props, body)
+        try:
+            outcome = self._limited(incoming) or route(
+                incoming, now=self._clock(), new_id=self._ids.next_id()
+            )
+            if isinstance(outcome, Deliver) and not self._pair_allowed(incoming, outcome):
+                outcome = refuse(incoming, "rate_limited", self._limits.describe(Limit.RECIPIENT))
+        except Exception as exc:  # route() never raises; this is the last line of defence
+            logger.error("cannot handle an outbox message: %s: %s", type(exc).__name__, exc)
+            outcome = DeadLetter(f"the relay failed on it ({type(exc).__name__})")
         if isinstance(outcome, Deliver):
             self._deliver(Pending(outcome, tag))
         elif isinstance(outcome, Reply):
+            self._reply(incoming, outcome, tag)
+        else:
+            self._dead.send(
+                Poison(
+                    outbox_tag=tag,
+                    reason=outcome.reason,
+                    sender=incoming.user_id,
+                    message_id=incoming.message_id,
+                    content_type=incoming.content_type,
+                    body=incoming.body,
+                )
+            )
+
+    def _limited(self, incoming: Incoming) -> Outcome | None:
+        """The sender's bucket (rate_limits.py), before the body is parsed: a flood costs an
+        answer and an ack per message, nothing more. Only a readable sender is limited."""
+        sender = incoming.user_id
+        if incoming.problem is not None or not sender:
+            return None
+        receipt = incoming.type == TYPE_RECEIPT
+        if self._limits.allow_sender(sender, receipt=receipt):
+            return None
+        return refuse(incoming, "rate_limited", self._limits.describe(Limit.SENDER))
+
+    def _pair_allowed(self, incoming: Incoming, deliver: Deliver) -> bool:
+        """The (sender, recipient) bucket, for messages (a receipt has its own above)."""
+        if deliver.type == TYPE_RECEIPT_NOTICE or incoming.user_id is None:
+            return True
+        return self._limits.allow_pair(incoming.user_id, deliver.recipient)
+
+    def _reply(self, incoming: Incoming, outcome: Reply, tag: int) -> None:
+        """Nothing to relay: answer (if the sender can be answered) and ack."""
+        answer = outcome.answer
+        if answer is not None and answer.body.reason == "rate_limited":
+            self._counters.rate_limited += 1
+            if self._counters.rate_limited % 1000 == 1:  # one line per burst, not per message
+                logger.warning(
+                    "rate-limited %s: %s (%d rate-limited so far)",
+                    incoming.user_id,
+                    answer.body.detail,
+                    self._counters.rate_limited,
+                )
+        else:
             self._counters.invalid += 1
             logger.info(
                 "rejected an invalid message from %s: %s",
-                props.user_id,
-                outcome.answer.body.detail if outcome.answer else "(no reply-to)",
+                incoming.user_id,
+                answer.body.detail if answer else "(no reply-to)",
             )
-            if outcome.answer is not None:
-                self._answers.send(outcome.answer)
+        if answer is not None:
+            self._answers.send(answer)
+        self._ack(tag)
+
+    def _ack(self, tag: int) -> None:
+        if self._channel.is_open:
             self._channel.basic_ack(tag)
-        elif isinstance(outcome, DeadLetter):
-            self._counters.dead_lettered += 1
-            logger.warning(
-                "dead-lettered an outbox message from %s: %s (%d dead-lettered so far)",
-                props.user_id or "nobody",
-                outcome.reason,
-                self._counters.dead_lettered,
-            )
+
+    def _reject(self, tag: int) -> None:
+        """Reject without requeue: the shard's dead-letter exchange takes it to relay.dead."""
+        if self._channel.is_open:
             self._channel.basic_reject(tag, requeue=False)
 
     def on_return(
@@ -192,7 +293,7 @@ class OutboxWorker:
         """The broker's final word on the publish: count it, answer the sender, ack."""
         deliver = pending.deliver
         if verdict is Verdict.CONFIRMED:
-            if deliver.reply_to is None and deliver.client_id is None:
+            if deliver.type == TYPE_RECEIPT_NOTICE:  # not "no reply-to": anyone can omit it
                 self._counters.receipts += 1
             else:
                 self._counters.relayed += 1
@@ -269,7 +370,7 @@ def _header_int(headers: dict[str, object] | None, name: str) -> int | None:
     """An integer header; also its decimal text, which is all a STOMP client (the browser,
     through Web STOMP) can send: the broker turns every STOMP header into a string."""
     value = headers.get(name) if headers else None
-    if isinstance(value, bytes):
+    if isinstance(value, bytes):  # a byte array, or a string pika found not to be UTF-8
         value = value.decode("ascii", "replace")
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         return int(value)

@@ -20,7 +20,8 @@ from protocol.topology import INBOX_EXCHANGE, TYPE_ANSWER, TYPE_MESSAGE, TYPE_SE
 from services.relay.answers import AnswerChannel
 from services.relay.ids import IdGenerator
 from services.relay.inbox_checks import PROBE_TIMEOUT_SECONDS
-from services.relay.node_health import NodeHealth
+from services.relay.node_health import Answerability, NodeHealth
+from services.relay.rate_limits import Rate, RateLimits
 from services.relay.settings import RelaySettings
 from services.relay.status import Counters
 from services.relay.worker import OutboxWorker
@@ -162,13 +163,20 @@ class Rig:
         )
 
 
-def make_worker(skip: Callable[[str], bool] = lambda _r: False, **inboxes: int | str) -> Rig:
+UNLIMITED = Rate(0, 1)
+
+
+def make_worker(
+    check: Callable[[str], Answerability] = lambda _r: Answerability.YES,
+    limits: RateLimits | None = None,
+    **inboxes: int | str,
+) -> Rig:
     """`inboxes`: recipient -> message count, or the 404 text of its passive declare."""
     connection = FakeConnection({inbox_queue(name): state for name, state in inboxes.items()})
     channel = FakeChannel()
     counters = Counters()
     loop = cast(SelectConnection, connection)
-    answers = AnswerChannel(loop, counters=counters, reopen=lambda: False, skip=skip)
+    answers = AnswerChannel(loop, counters=counters, reopen=lambda: False, check=check)
     answers.use(cast(Any, channel))
     worker = OutboxWorker(
         loop,
@@ -178,6 +186,9 @@ def make_worker(skip: Callable[[str], bool] = lambda _r: False, **inboxes: int |
         counters=counters,
         clock=lambda: NOW,
         ids=IdGenerator(),
+        limits=limits or RateLimits(
+            sender=UNLIMITED, recipient=UNLIMITED, receipts=UNLIMITED, clock=time.monotonic
+        ),
     )
     return Rig(worker, channel, connection, counters)
 
@@ -320,7 +331,7 @@ def test_an_invalid_message_is_answered_and_acked_at_once():
 def test_a_reused_client_id_still_gets_each_return_right():
     """Two in-flight publishes with one server id: returns pair up in publish order."""
     rig = make_worker(nobody=MISSING)
-    headers = {SENT_MS_HEADER: 1_700_000_000_000}
+    headers = {SENT_MS_HEADER: int(NOW.timestamp() * 1000) - 1000}
     rig.deliver(1, {"to": "nobody", "text": "a"}, message_id="same", headers=headers)
     rig.deliver(2, {"to": "nobody", "text": "a"}, message_id="same", headers=headers)
     first, second = rig.channel.published
@@ -343,7 +354,7 @@ def test_answers_to_a_sender_on_a_node_that_is_down_are_dropped_and_the_message_
     stopped = threading.Event()
     stopped.set()  # the thread that waits for the node's return ends at once
     health = NodeHealth(SETTINGS, stopped)
-    rig = make_worker(skip=health.blocks)
+    rig = make_worker(check=health.answerability)
     node = ("127.0.0.1", 5672)
     health.named(node, "reply@17702804")
     health.down(node)
