@@ -105,19 +105,16 @@ class RateLimits:
         """After parsing a message: may `sender` write to `recipient` once more now?"""
         return self._pairs.take((sender, recipient), self._tick())
 
-    def describe(self, limit: Limit) -> str:
-        """What the sender reads in the `detail` of a rate_limited answer."""
+    def describe(self, limit: Limit, recipient: str = "") -> str:
+        """The `detail` of a rate_limited answer (the client shows "slow down: <detail>")."""
         if limit is Limit.RECIPIENT:
             rate = self._pairs.rate
             return (
-                f"you are sending too fast to one person (more than {rate.per_second:g} messages"
-                f" a second after a burst of {rate.burst}); wait a moment and send again"
+                f"more than {rate.per_second:g} messages a second to {recipient or 'one person'}"
+                f" (after a burst of {rate.burst})"
             )
         rate = self._senders.rate
-        return (
-            f"you are sending too fast (more than {rate.per_second:g} messages a second after"
-            f" a burst of {rate.burst}); wait a moment and send again"
-        )
+        return f"more than {rate.per_second:g} messages a second (after a burst of {rate.burst})"
 
     def _tick(self) -> float:
         now = self._clock()

@@ -179,7 +179,8 @@ class OutboxWorker:
                 incoming, now=self._clock(), new_id=self._ids.next_id()
             )
             if isinstance(outcome, Deliver) and not self._pair_allowed(incoming, outcome):
-                outcome = refuse(incoming, "rate_limited", self._limits.describe(Limit.RECIPIENT))
+                detail = self._limits.describe(Limit.RECIPIENT, outcome.recipient)
+                outcome = refuse(incoming, "rate_limited", detail)
         except Exception as exc:  # route() never raises; this is the last line of defence
             logger.error("cannot handle an outbox message: %s: %s", type(exc).__name__, exc)
             outcome = DeadLetter(f"the relay failed on it ({type(exc).__name__})")

@@ -3,14 +3,18 @@ crashes nor loops. What it cannot read goes to relay.dead once and is counted; w
 read but breaks the rules is answered `rejected: invalid`; honest traffic keeps flowing.
 
 Each payload is one that crashed the relay before (issue 9): some in our decoding, some in
-pika's own frame decoder (a NaN float, a timestamp out of range, a table nested deeper than
-Python's recursion limit), before any callback of ours ran.
+pika's own frame decoder (a timestamp out of range, a table nested deeper than Python's
+recursion limit), before any callback of ours ran. (A NaN or infinite float header also
+breaks pika's decoder, but RabbitMQ refuses to route it: test_relay_decode_fuzz.py covers
+it at pika's level.)
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import time
+import uuid
 from collections.abc import Callable
 
 import pika
@@ -27,6 +31,7 @@ from tests.hostile.relay_attack import (
     publish,
     table,
 )
+from tests.integration.messaging_helpers import read_inbox
 from tests.integration.stack import (
     AuthService,
     Broker,
@@ -54,7 +59,7 @@ Poison = Callable[[User, User], tuple[bytes, pika.BasicProperties]]
 POISONS: dict[str, Poison] = {
     "nested JSON 60 KB": lambda a, v: (b"[" * 30_000 + b"]" * 30_000, props(a)),
     "nested JSON object": lambda a, v: (
-        b'{"to": ' + b'{"a": ' * 20_000 + b"1" + b"}" * 20_000 + b"}",
+        b'{"to": ' + b'{"a": ' * 9_000 + b"1" + b"}" * 9_000 + b"}",
         props(a),
     ),
     "integer of 5000 digits": lambda a, v: (
@@ -65,13 +70,6 @@ POISONS: dict[str, Poison] = {
     "reply_to invalid UTF-8": lambda a, v: (_send(v), props(a, reply_to=BAD_UTF8)),
     "type invalid UTF-8": lambda a, v: (_send(v), props(a, type=BAD_UTF8)),
     "content_type invalid UTF-8": lambda a, v: (_send(v), props(a, content_type=BAD_UTF8)),
-    "header name invalid UTF-8": lambda a, v: (_send(v), props(a, headers={BAD_UTF8: 1})),
-    "sent-ms header invalid UTF-8": lambda a, v: (
-        _send(v),
-        props(a, headers={"messenger-sent-ms": BAD_UTF8}),
-    ),
-    "header NaN float": lambda a, v: (_send(v), props(a, headers={"x": float("nan")})),
-    "header infinite float": lambda a, v: (_send(v), props(a, headers={"x": float("inf")})),
     "header timestamp out of range": lambda a, v: (
         _send(v),
         RawProperties(
@@ -106,6 +104,31 @@ def test_poison_is_dead_lettered_once_and_honest_traffic_flows(
     )
     probe(auth, attacker, victim)
     probe(auth, victim, attacker)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{BAD_UTF8: 1}, {"messenger-sent-ms": BAD_UTF8}, {"messenger-sent-ms": "1"}],
+    ids=["header name invalid UTF-8", "sent-ms invalid UTF-8", "sent-ms of 1970"],
+)
+def test_headers_the_relay_does_not_trust_are_harmless(
+    headers: dict[object, object],
+    pair: tuple[User, User],
+    auth: AuthService,
+    broker: Broker,
+    relay: RelayProcess,
+):
+    """Headers the relay does not read, or reads and does not believe: the message is
+    relayed as usual, with an id on the relay's clock, not the client's."""
+    attacker, victim = pair
+    sessions = relay.wait_consuming().lifecycle.consuming_sessions
+    text = f"odd headers {uuid.uuid4().hex[:8]}"
+    publish(broker, attacker, [(_send(victim, text), props(attacker, headers=headers))])
+    [message] = [m for m in read_inbox(auth, victim) if m.text == text]
+    id_ms = uuid.UUID(message.id).int >> 80  # the time in the id: the relay's, near now
+    assert abs(id_ms - time.time() * 1000) < 10 * 60 * 1000
+    status = relay.status()
+    assert status is not None and status.lifecycle.consuming_sessions == sessions
 
 
 @pytest.mark.parametrize(
