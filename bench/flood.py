@@ -23,6 +23,7 @@ from bench.context import Context
 from bench.fleet import ReceivePlan, SendPlan, pairs, run_fleet
 from bench.report import Figure, Run, ScenarioResult
 from bench.stack import CpuMeter
+from broker.pika_io import async_channel, coalesce_pika_writes
 from protocol.topology import OUTBOX_EXCHANGE, REPLY_TO
 
 PROBE_PAIRS = 4
@@ -38,6 +39,7 @@ def _flood(
     out: multiprocessing.connection.Connection,
 ) -> None:
     """Publish as fast as one pika connection goes until `stop`; count the answers."""
+    coalesce_pika_writes()
     connection = pika.BlockingConnection(params)
     channel = connection.channel()
     answers: dict[str, int] = {}
@@ -48,13 +50,14 @@ def _flood(
         answers[key] = answers.get(key, 0) + 1
 
     channel.basic_consume(REPLY_TO, on_answer, auto_ack=True)
+    publisher = async_channel(channel)  # frames queued, written once per I/O turn
     body = json.dumps({"to": to, "text": "flood " + "x" * 100}).encode()
     sent = 0
     started = time.monotonic()
     while not stop.is_set():
         for _ in range(200):
             sent += 1
-            channel.basic_publish(
+            publisher.basic_publish(
                 OUTBOX_EXCHANGE,
                 sender,
                 body,

@@ -93,6 +93,9 @@ class RateLimits:
         self._pairs = Buckets(recipient)
         self._receipts = Buckets(receipts)
         self._next_sweep = clock() + SWEEP_INTERVAL_SECONDS
+        self._sender_detail = (
+            f"more than {sender.per_second:g} messages a second (after a burst of {sender.burst})"
+        )
 
     def allow_sender(self, sender: str, *, receipt: bool) -> bool:
         """Before parsing: may `sender` have one more message (or receipt) relayed now?"""
@@ -113,8 +116,7 @@ class RateLimits:
                 f"more than {rate.per_second:g} messages a second to {recipient or 'one person'}"
                 f" (after a burst of {rate.burst})"
             )
-        rate = self._senders.rate
-        return f"more than {rate.per_second:g} messages a second (after a burst of {rate.burst})"
+        return self._sender_detail
 
     def _tick(self) -> float:
         now = self._clock()

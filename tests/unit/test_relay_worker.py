@@ -16,7 +16,14 @@ from pika.adapters.select_connection import SelectConnection
 from pydantic import SecretStr
 
 from protocol.messages import SENT_MS_HEADER
-from protocol.topology import INBOX_EXCHANGE, TYPE_ANSWER, TYPE_MESSAGE, TYPE_SEND, inbox_queue
+from protocol.topology import (
+    INBOX_EXCHANGE,
+    TYPE_ANSWER,
+    TYPE_MESSAGE,
+    TYPE_RECEIPT,
+    TYPE_SEND,
+    inbox_queue,
+)
 from services.relay.answers import AnswerChannel
 from services.relay.ids import IdGenerator
 from services.relay.inbox_checks import PROBE_TIMEOUT_SECONDS
@@ -186,7 +193,8 @@ def make_worker(
         counters=counters,
         clock=lambda: NOW,
         ids=IdGenerator(),
-        limits=limits or RateLimits(
+        limits=limits
+        or RateLimits(
             sender=UNLIMITED, recipient=UNLIMITED, receipts=UNLIMITED, clock=time.monotonic
         ),
     )
@@ -368,3 +376,54 @@ def test_answers_to_a_sender_on_a_node_that_is_down_are_dropped_and_the_message_
     rig.deliver(2, {"to": "bob", "text": "again"}, reply_to=NODE_REPLY)
     rig.confirm(2)
     assert [a["status"] for a in answers(rig.channel)] == ["accepted"]
+
+
+def test_a_sender_past_its_limit_is_answered_rate_limited_and_acked_without_a_publish():
+    clock = [0.0]
+    limits = RateLimits(
+        sender=Rate(1.0, 2), recipient=UNLIMITED, receipts=UNLIMITED, clock=lambda: clock[0]
+    )
+    rig = make_worker(limits=limits)
+    for tag in (1, 2, 3):
+        rig.deliver(tag, {"to": "bob", "text": f"m{tag}"})
+    inbox = [p for p in rig.channel.published if p["exchange"] == INBOX_EXCHANGE]
+    assert len(inbox) == 2  # the burst
+    assert rig.channel.acked == [3]  # at once: no inbox publish to wait for
+    [answer] = answers(rig.channel)
+    assert (answer["status"], answer["reason"]) == ("rejected", "rate_limited")
+    assert answer["client_id"] == "client-3"
+    assert rig.counters.rate_limited == 1
+
+
+def test_the_per_recipient_guard_limits_one_pair_only():
+    limits = RateLimits(
+        sender=UNLIMITED, recipient=Rate(1.0, 2), receipts=UNLIMITED, clock=lambda: 0.0
+    )
+    rig = make_worker(limits=limits)
+    for tag in (1, 2, 3):
+        rig.deliver(tag, {"to": "bob", "text": "x"})
+    rig.deliver(4, {"to": "carol", "text": "x"})
+    recipients = [
+        p["routing_key"] for p in rig.channel.published if p["exchange"] == INBOX_EXCHANGE
+    ]
+    assert recipients == ["bob", "bob", "carol"]
+    [answer] = answers(rig.channel)
+    assert answer["reason"] == "rate_limited" and "to bob" in answer["detail"]
+
+
+def test_a_send_without_reply_to_or_id_counts_as_relayed_not_as_a_receipt():
+    rig = make_worker()
+    rig.deliver(1, {"to": "bob", "text": "no reply-to"}, reply_to=None, message_id=None)
+    rig.confirm(1)
+    assert (rig.counters.relayed, rig.counters.receipts) == (1, 0)
+    rig.deliver(2, {"message_id": "m", "to": "bob", "status": "read"}, type=TYPE_RECEIPT)
+    rig.confirm(2)
+    assert (rig.counters.relayed, rig.counters.receipts) == (1, 1)
+
+
+def test_poison_is_dead_lettered_without_an_open_dead_letter_channel_by_rejecting_it():
+    rig = make_worker()
+    rig.deliver(1, b"[" * 30_000 + b"]" * 30_000)
+    rig.deliver(2, {"to": "bob", "text": "x"}, message_id=b"\xff\xfe")
+    assert rig.channel.rejected == [(1, False), (2, False)]
+    assert rig.counters.dead_lettered == 2
