@@ -41,6 +41,9 @@ from services.logs import configure_logging
 logger = logging.getLogger("messenger.run")
 
 REPO = Path(__file__).resolve().parent.parent
+# Written by `make images` (deploy/images/build-local.sh): compose variables naming images
+# built here, for machines where no registry is reachable.
+LOCAL_IMAGES_ENV = REPO / "deploy" / "images" / "local.env"
 
 # `make run CLUSTER=1` with Docker: compose's `cluster` profile, quorum queues, and every
 # node for the services (on the deployment's network) and for clients (published ports).
@@ -339,6 +342,21 @@ def run_local(settings: RunSettings, cluster: bool = False) -> None:
     local.run()
 
 
+def compose_command(cluster: bool, local_images_env: Path) -> list[str]:
+    """`docker compose up`, on the locally built images when `make images` made them (a
+    machine without a registry cannot pull the official ones)."""
+    command = ["docker", "compose"]
+    if local_images_env.is_file():
+        logger.info("using the local images named in %s", local_images_env)
+        own_env = REPO / ".env"  # --env-file replaces compose's default .env: keep it
+        if own_env.is_file():
+            command += ["--env-file", str(own_env)]
+        command += ["--env-file", str(local_images_env)]
+    if cluster:
+        command += ["--profile", "cluster"]
+    return [*command, "up", "--build"]
+
+
 def main(
     cluster: bool = typer.Option(False, "--cluster", help="Three broker nodes in one cluster."),
 ) -> None:
@@ -347,9 +365,8 @@ def main(
     settings = load_settings()
     if settings.docker and compose_available():
         logger.info("a Docker engine answers: running docker compose up")
-        command, env = ["docker", "compose", "up", "--build"], dict(os.environ)
+        command, env = compose_command(cluster, LOCAL_IMAGES_ENV), dict(os.environ)
         if cluster:  # the profile's two extra nodes, quorum queues, failover to every node
-            command[2:2] = ["--profile", "cluster"]
             for name, value in CLUSTER_COMPOSE_ENV.items():
                 env.setdefault(name, value)
         raise typer.Exit(subprocess.call(command, cwd=REPO, env=env))

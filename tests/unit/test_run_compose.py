@@ -55,3 +55,19 @@ def test_no_docker_at_all_is_silent(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PATH", str(tmp_path))
     assert run.compose_available() is False
     assert caplog.records == []
+
+
+def test_compose_runs_on_the_local_images_when_make_images_made_them(tmp_path: Path) -> None:
+    env_file = tmp_path / "local.env"
+    assert run.compose_command(False, env_file) == ["docker", "compose", "up", "--build"]
+    env_file.write_text("MESSENGER_RABBITMQ_IMAGE=messenger-local/rabbitmq:4.0\n")
+    assert run.compose_command(True, env_file) == [
+        "docker",
+        "compose",
+        "--env-file",
+        str(env_file),
+        "--profile",
+        "cluster",
+        "up",
+        "--build",
+    ]
