@@ -142,6 +142,8 @@ class OutboxWorker:
         self._dead = DeadLetterChannel(
             connection, counters=counters, done=self._ack, fallback=self._reject
         )
+        self._open_tags: set[int] = set()  # delivered, not yet acked or rejected
+        self._acks_due: list[int] = []  # rate-limited: acked together after this I/O turn
         self._consumer_tags: set[str] = set()
         self._consuming = 0
         self._shutting_down = False
@@ -173,6 +175,7 @@ class OutboxWorker:
         body: bytes,
     ) -> None:
         tag = method.delivery_tag
+        self._open_tags.add(tag)
         incoming = decode(props, body)
         try:
             outcome = self._limited(incoming) or route(
@@ -238,14 +241,38 @@ class OutboxWorker:
             )
         if answer is not None:
             self._answers.send(answer)
-        self._ack(tag)
+        if answer is not None and answer.body.reason == "rate_limited":
+            self._ack_soon(tag)
+        else:
+            self._ack(tag)
 
     def _ack(self, tag: int) -> None:
+        self._open_tags.discard(tag)
         if self._channel.is_open:
             self._channel.basic_ack(tag)
 
+    def _ack_soon(self, tag: int) -> None:
+        """A flood's messages are acked together, once per I/O turn: one `multiple` ack when
+        nothing older is still open (the usual case for a flooder alone on its shard)."""
+        self._acks_due.append(tag)
+        if len(self._acks_due) == 1:
+            self._connection.ioloop.call_later(0, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        tags, self._acks_due = self._acks_due, []
+        if not tags or not self._channel.is_open:
+            return
+        self._open_tags.difference_update(tags)
+        highest = max(tags)
+        if not self._open_tags or min(self._open_tags) > highest:
+            self._channel.basic_ack(highest, multiple=True)
+        else:
+            for tag in tags:
+                self._channel.basic_ack(tag)
+
     def _reject(self, tag: int) -> None:
         """Reject without requeue: the shard's dead-letter exchange takes it to relay.dead."""
+        self._open_tags.discard(tag)
         if self._channel.is_open:
             self._channel.basic_reject(tag, requeue=False)
 
@@ -311,7 +338,7 @@ class OutboxWorker:
         answer = answer_for(deliver, verdict)
         if answer is not None:
             self._answers.send(answer)
-        self._channel.basic_ack(pending.outbox_tag)
+        self._ack(pending.outbox_tag)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -346,6 +373,7 @@ class OutboxWorker:
         if self._shutting_down:
             return
         self._shutting_down = True
+        self._flush_acks()
         self._refused.stop_retrying()
         logger.info(
             "stopping: no new messages; finishing %d in flight (%d held for unavailable "

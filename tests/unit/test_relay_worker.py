@@ -388,7 +388,9 @@ def test_a_sender_past_its_limit_is_answered_rate_limited_and_acked_without_a_pu
         rig.deliver(tag, {"to": "bob", "text": f"m{tag}"})
     inbox = [p for p in rig.channel.published if p["exchange"] == INBOX_EXCHANGE]
     assert len(inbox) == 2  # the burst
-    assert rig.channel.acked == [3]  # at once: no inbox publish to wait for
+    assert rig.channel.acked == []  # acked after this I/O turn, with others
+    rig.connection.run_timers(up_to=0)
+    assert rig.channel.acked == [3]  # no inbox publish to wait for
     [answer] = answers(rig.channel)
     assert (answer["status"], answer["reason"]) == ("rejected", "rate_limited")
     assert answer["client_id"] == "client-3"
@@ -427,3 +429,21 @@ def test_poison_is_dead_lettered_without_an_open_dead_letter_channel_by_rejectin
     rig.deliver(2, {"to": "bob", "text": "x"}, message_id=b"\xff\xfe")
     assert rig.channel.rejected == [(1, False), (2, False)]
     assert rig.counters.dead_lettered == 2
+
+
+def test_a_flood_is_acked_with_one_multiple_ack_when_nothing_older_is_open():
+    limits = RateLimits(
+        sender=Rate(1.0, 1), recipient=UNLIMITED, receipts=UNLIMITED, clock=lambda: 0.0
+    )
+    rig = make_worker(limits=limits)
+    rig.deliver(1, {"to": "bob", "text": "in the burst"})  # published, awaits its confirm
+    rig.confirm(1)
+    multiple: list[tuple[int, bool]] = []
+    rig.channel.basic_ack = lambda tag, multiple_=False, **kw: multiple.append(  # type: ignore[method-assign]
+        (tag, kw.get("multiple", multiple_))
+    )
+    for tag in range(2, 50):
+        rig.deliver(tag, {"to": "bob", "text": "flood"})
+    rig.connection.run_timers(up_to=0)
+    assert multiple == [(49, True)]
+    assert rig.counters.rate_limited == 48
