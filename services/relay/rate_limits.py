@@ -47,6 +47,13 @@ class Rate:
         return self.burst / self.per_second if not self.unlimited else 0.0
 
 
+# `rate_limited` answers per sender: a client slightly over its limit hears about every
+# message it sent (the library waits for each answer), a flood at thousands a second hears
+# about these many and the rest is acked unanswered: an answer is most of what a refused
+# message costs the relay.
+REFUSAL_ANSWERS = Rate(100.0, 1000)
+
+
 class Limit(enum.Enum):
     SENDER = "sender"
     RECIPIENT = "recipient"
@@ -92,6 +99,7 @@ class RateLimits:
         self._senders = Buckets(sender)
         self._pairs = Buckets(recipient)
         self._receipts = Buckets(receipts)
+        self._refusal_answers = Buckets(REFUSAL_ANSWERS)
         self._next_sweep = clock() + SWEEP_INTERVAL_SECONDS
         self._sender_detail = (
             f"more than {sender.per_second:g} messages a second (after a burst of {sender.burst})"
@@ -108,6 +116,10 @@ class RateLimits:
         """After parsing a message: may `sender` write to `recipient` once more now?"""
         return self._pairs.take((sender, recipient), self._tick())
 
+    def answer_refusal(self, sender: str) -> bool:
+        """May the relay answer one more of `sender`'s rate-limited messages now?"""
+        return self._refusal_answers.take(sender, self._tick())
+
     def describe(self, limit: Limit, recipient: str = "") -> str:
         """The `detail` of a rate_limited answer (the client shows "slow down: <detail>")."""
         if limit is Limit.RECIPIENT:
@@ -122,6 +134,6 @@ class RateLimits:
         now = self._clock()
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL_SECONDS
-            for buckets in (self._senders, self._pairs, self._receipts):
+            for buckets in (self._senders, self._pairs, self._receipts, self._refusal_answers):
                 buckets.sweep(now)
         return now

@@ -100,6 +100,7 @@ class Reply:
     """Nothing to publish to an inbox: answer (if the sender can be answered) and ack."""
 
     answer: Answer | None
+    rate_limited: bool = False  # refused by a rate limit (answered or not)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,8 @@ def route(incoming: Incoming, *, now: datetime, new_id: str) -> Outcome:
 
 def refuse(incoming: Incoming, reason: RejectReason, detail: str) -> Reply:
     """Answer `rejected` with `reason` (when the sender can be answered), relay nothing."""
-    return Reply(_answer(incoming, "rejected", reason=reason, detail=detail))
+    answer = _answer(incoming, "rejected", reason=reason, detail=detail)
+    return Reply(answer, rate_limited=reason == "rate_limited")
 
 
 def answer_for(deliver: Deliver, verdict: Verdict) -> Answer | None:

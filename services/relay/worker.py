@@ -212,6 +212,8 @@ class OutboxWorker:
         receipt = incoming.type == TYPE_RECEIPT
         if self._limits.allow_sender(sender, receipt=receipt):
             return None
+        if receipt or not self._limits.answer_refusal(sender):
+            return Reply(None, rate_limited=True)  # acked, counted, not answered
         return refuse(incoming, "rate_limited", self._limits.describe(Limit.SENDER))
 
     def _pair_allowed(self, incoming: Incoming, deliver: Deliver) -> bool:
@@ -223,13 +225,13 @@ class OutboxWorker:
     def _reply(self, incoming: Incoming, outcome: Reply, tag: int) -> None:
         """Nothing to relay: answer (if the sender can be answered) and ack."""
         answer = outcome.answer
-        if answer is not None and answer.body.reason == "rate_limited":
+        limited = outcome.rate_limited
+        if limited:
             self._counters.rate_limited += 1
             if self._counters.rate_limited % 1000 == 1:  # one line per burst, not per message
                 logger.warning(
-                    "rate-limited %s: %s (%d rate-limited so far)",
+                    "rate-limited %s (%d rate-limited so far)",
                     incoming.user_id,
-                    answer.body.detail,
                     self._counters.rate_limited,
                 )
         else:
@@ -241,7 +243,7 @@ class OutboxWorker:
             )
         if answer is not None:
             self._answers.send(answer)
-        if answer is not None and answer.body.reason == "rate_limited":
+        if limited:
             self._ack_soon(tag)
         else:
             self._ack(tag)

@@ -69,3 +69,11 @@ def test_the_detail_says_what_the_limit_is():
     rl = limits(Clock())
     assert rl.describe(Limit.SENDER) == "more than 10 messages a second (after a burst of 5)"
     assert "to bob" in rl.describe(Limit.RECIPIENT, "bob")
+
+
+def test_a_flood_hears_about_its_first_refusals_only():
+    clock = Clock()
+    rl = limits(clock)
+    answered = sum(rl.answer_refusal("flooder") for _ in range(5000))
+    assert answered == 1000  # REFUSAL_ANSWERS' burst; the rest is acked unanswered
+    assert rl.answer_refusal("someone else")
