@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from broker.pika_io import guard_property_decoding, undecodable
 from protocol.messages import SENT_MS_HEADER
 from protocol.topology import REPLY_TO, TYPE_RECEIPT, TYPE_SEND
+from services.relay.rate_limits import Rate, RateLimits
 from services.relay.routing import DeadLetter, Deliver, Reply, route
 from services.relay.worker import decode
 from tests.hostile.relay_attack import nested_table, table
@@ -172,9 +173,25 @@ def test_headers_pika_cannot_decode_make_a_dead_letter(headers_table: bytes):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(deliveries(), min_size=1, max_size=5))
-def test_the_worker_settles_every_message_once(batch: list[tuple[pika.BasicProperties, bytes]]):
-    rig = make_worker(bob=0)
+@given(st.lists(deliveries(), min_size=1, max_size=8), st.booleans())
+def test_the_worker_settles_every_message_once(
+    batch: list[tuple[pika.BasicProperties, bytes]], tight: bool
+):
+    """With and without rate limits (tight: a burst of 1), every delivery is settled."""
+    limits = None
+    if tight:
+        one = Rate(1.0, 1)
+        limits = RateLimits(sender=one, recipient=one, receipts=one, clock=lambda: 0.0)
+    rig = make_worker(limits=limits, bob=0)
+    settled: list[int] = []
+
+    def ack(delivery_tag: int, multiple: bool = False) -> None:
+        """AMQP: `multiple` covers every delivery up to the tag not settled yet."""
+        covered = range(1, delivery_tag + 1) if multiple else [delivery_tag]
+        rejected = {tag for tag, _requeue in rig.channel.rejected}
+        settled.extend(t for t in covered if t not in settled and t not in rejected)
+
+    rig.channel.basic_ack = ack  # type: ignore[method-assign]
     for tag, (properties, body) in enumerate(batch, start=1):
         rig.worker.on_message(
             rig.channel,
@@ -185,6 +202,7 @@ def test_the_worker_settles_every_message_once(batch: list[tuple[pika.BasicPrope
     inbox = [p for p in rig.channel.published if p["exchange"] == "inbox"]
     for seq in range(1, len(inbox) + 1):
         rig.confirm(seq)
-    settled = rig.channel.acked + [tag for tag, _requeue in rig.channel.rejected]
+    rig.connection.run_timers(up_to=0)  # the rate-limited acks of this I/O turn
+    settled += [tag for tag, _requeue in rig.channel.rejected]
     assert sorted(settled) == list(range(1, len(batch) + 1))
     assert all(requeue is False for _tag, requeue in rig.channel.rejected)
