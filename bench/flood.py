@@ -122,6 +122,8 @@ def run(ctx: Context) -> ScenarioResult:
         if flood.is_alive():
             flood.kill()
     result.notes.append(f"with flood: {cpu.summary()}")
+    # What one refused message costs the relay, whatever the machine's load.
+    relay_us = cpu.per_message_us(report["sent"]).get("relay", float("nan"))
 
     base = Run.from_latencies("probes alone", quiet.latencies_ms, quiet.seconds)
     run = Run.from_latencies("probes + 1 flooder", loud.latencies_ms, loud.seconds)
@@ -142,6 +144,12 @@ def run(ctx: Context) -> ScenarioResult:
             ratio=run.latency_ms["p99"] / base.latency_ms["p99"]
             if base.latency_ms["p99"] > 0
             else None,
+        ),
+        Figure(
+            "relay CPU per flood message",
+            relay_us,
+            "µs",
+            baseline="probes' messages included: they are < 1% of the load",
         ),
         Figure(
             "flood offered",
