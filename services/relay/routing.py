@@ -42,7 +42,7 @@ MAX_CLIENT_ID_CHARS = 128
 # The client's send time (SENT_MS_HEADER) is believed within this window around the relay's
 # clock, and only then makes the server id (ids.stable_id): outside it, the message gets a
 # fresh id stamped with the relay's clock (see _server_id for why not a clamped time).
-MAX_CLOCK_AHEAD_MS = 60 * 1000
+MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000
 MAX_CLOCK_BEHIND_MS = 24 * 60 * 60 * 1000
 
 
@@ -273,7 +273,7 @@ def _server_id(
     around the relay's clock would not do: a message relayed twice (its relay died before
     the ack) is clamped against two different clocks and gets two ids, and its recipient
     sees it twice. So the client's time is either believed as it is, when it lies within
-    [relay now - 24 h, relay now + 60 s], and then gives the stable id; or not at all, and
+    [relay now - 24 h, relay now + 5 min], and then gives the stable id; or not at all, and
     the message gets a fresh id on the relay's clock. A redelivered message keeps its id
     unless its client's clock was off by more than the window (or it waited in the outbox
     longer than 24 h) and a relay crashed while relaying it.

@@ -77,7 +77,7 @@ def test_the_same_outbox_message_routed_twice_gets_the_same_id():
         {"client_ms": None},
         {"message_id": None},
         {"client_ms": NOW_MS + 3_600_000},
-        {"client_ms": NOW_MS + 61_000},  # more than a minute ahead of the relay
+        {"client_ms": NOW_MS + 301_000},  # more than five minutes ahead of the relay
         {"client_ms": 1},  # 1970: a client must not put its message first in history
         {"client_ms": NOW_MS - 25 * 3_600_000},  # more than a day behind
         {"client_ms": -5},
@@ -225,7 +225,7 @@ def test_retry_delays_double_up_to_the_cap():
     assert [backoff_delay(n, maximum=3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
-@pytest.mark.parametrize("client_ms", [NOW_MS - 23 * 3_600_000, NOW_MS, NOW_MS + 59_000])
+@pytest.mark.parametrize("client_ms", [NOW_MS - 23 * 3_600_000, NOW_MS, NOW_MS + 299_000])
 def test_a_send_time_within_the_window_gives_the_stable_id_at_any_later_redelivery(client_ms):
     """Idempotent: the id depends on the client's time, not on when the relay handles it,
     as long as that time was believable at the first attempt and still is."""
