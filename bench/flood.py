@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.synchronize
+import os
 import time
 from typing import Any
 
@@ -29,8 +30,9 @@ from protocol.topology import OUTBOX_EXCHANGE, REPLY_TO
 PROBE_PAIRS = 4
 PROBE_RATE = 8.0  # messages/s per probe sender: below the default per-sender limit
 TARGET_MS = 5.0
-# The flood is paced: unpaced, the flooding process itself takes a core of this 2-core
-# machine from the relay and the broker, which a remote flooder would not.
+# The flood is paced, and its process runs at the lowest CPU priority: unpaced, the flooding
+# process itself would take a core of this 2-core machine from the relay and the broker,
+# which a remote flooder would not.
 FLOOD_RATE = 3000.0
 
 
@@ -43,6 +45,7 @@ def _flood(
 ) -> None:
     """Publish FLOOD_RATE messages a second until `stop`; count the answers."""
     coalesce_pika_writes()
+    os.nice(19)  # a remote flooder would cost this machine nothing: it takes only spare CPU
     connection = pika.BlockingConnection(params)
     channel = connection.channel()
     answers: dict[str, int] = {}
