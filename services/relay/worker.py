@@ -187,7 +187,7 @@ class OutboxWorker:
         self._open_tags.add(tag)
         over = self._over_limit(props)
         if over is _Over.SILENTLY:  # the cheapest path there is: one flood message
-            self._counters.rate_limited += 1
+            self._count_limited(props.user_id)
             self._ack_soon(tag)
             return
         incoming = decode(props, body)
@@ -244,13 +244,7 @@ class OutboxWorker:
         answer = outcome.answer
         limited = outcome.rate_limited
         if limited:
-            self._counters.rate_limited += 1
-            if self._counters.rate_limited % 1000 == 1:  # one line per burst, not per message
-                logger.warning(
-                    "rate-limited %s (%d rate-limited so far)",
-                    incoming.user_id,
-                    self._counters.rate_limited,
-                )
+            self._count_limited(incoming.user_id)
         else:
             self._counters.invalid += 1
             logger.info(
@@ -264,6 +258,13 @@ class OutboxWorker:
             self._ack_soon(tag)
         else:
             self._ack(tag)
+
+    def _count_limited(self, sender: str | None) -> None:
+        self._counters.rate_limited += 1
+        if self._counters.rate_limited % 1000 == 1:  # one line per burst, not per message
+            logger.warning(
+                "rate-limited %s (%d rate-limited so far)", sender, self._counters.rate_limited
+            )
 
     def _ack(self, tag: int) -> None:
         self._open_tags.discard(tag)
