@@ -129,6 +129,7 @@ class BenchStack:
             "MESSENGER_AUTH_AMQP_PASSWORD": self.node.service_passwords["auth"],
             "MESSENGER_AUTH_PUBLIC_AMQP_URL": self.node.public_amqp_url,
             "MESSENGER_AUTH_WEB_STOMP_URLS": self.node.web_stomp_url,
+            "MESSENGER_AUTH_MANAGEMENT_URLS": self.node.management_url,
             "MESSENGER_AUTH_LOG_LEVEL": "WARNING",
             # A benchmark logs in far more often than a person: keep the limiter out of it.
             "MESSENGER_AUTH_LOGIN_FAILURES_PER_ADDRESS": "1000000",

@@ -104,11 +104,13 @@ class LocalNode:
 
     auth_url: str
     service_passwords: dict[str, str]
-    auth_cache_ttl_ms: int = 15_000
+    auth_cache_ttl_ms: int = 5_000
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="messenger-rmq-")))
     amqp_port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
     web_stomp_port: int = field(default_factory=free_port)  # STOMP over WebSocket, for browsers
+    # The management HTTP API: the auth service closes ended sessions' connections through it.
+    management_port: int = field(default_factory=free_port)
     name: str = field(default_factory=lambda: f"messenger-{secrets.token_hex(4)}@localhost")
     host: str = "127.0.0.1"
     extra_config: str = ""
@@ -342,6 +344,7 @@ class LocalNode:
                 "# --- written by deploy/local_broker.py for this node (later keys win) ---",
                 f"listeners.tcp.default = {self._listener()}",
                 *self._web_stomp_listener(),
+                *self._management_listener(),
                 f"definitions.local.path = {self._path_seen_by_broker(defs_path)}",
                 f"auth_cache.cache_ttl = {self.auth_cache_ttl_ms}",
                 *(
@@ -375,6 +378,14 @@ class LocalNode:
 
     def _web_stomp_listener(self) -> list[str]:
         return [f"web_stomp.tcp.ip = {self.host}", f"web_stomp.tcp.port = {self.web_stomp_port}"]
+
+    def _management_listener(self) -> list[str]:
+        return [f"management.tcp.ip = {self.host}", f"management.tcp.port = {self.management_port}"]
+
+    @property
+    def management_url(self) -> str:
+        """The management HTTP API (rabbitmq_management), for the auth service."""
+        return f"http://{self.host}:{self.management_port}"
 
     @property
     def web_stomp_url(self) -> str:

@@ -75,7 +75,7 @@ class LocalCluster:
 
     auth_url: str
     service_passwords: dict[str, str]
-    auth_cache_ttl_ms: int = 15_000
+    auth_cache_ttl_ms: int = 5_000
     base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="messenger-rmq-")))
     name_prefix: str = field(default_factory=lambda: f"messenger-{secrets.token_hex(3)}")
     amqp_ports: Sequence[int] = ()  # empty: free ports

@@ -53,6 +53,7 @@ CLUSTER_COMPOSE_ENV = {
     "MESSENGER_BROKER_NODES": "broker:5672,broker-2:5672,broker-3:5672",
     "MESSENGER_PUBLIC_AMQP_URLS": "amqp://127.0.0.1:5672,amqp://127.0.0.1:5673,amqp://127.0.0.1:5674",
     "MESSENGER_WEB_STOMP_URLS": "ws://broker:15674/ws,ws://broker-2:15674/ws,ws://broker-3:15674/ws",
+    "MESSENGER_MANAGEMENT_URLS": "http://broker:15672,http://broker-2:15672,http://broker-3:15672",
 }
 
 # A local broker is cheap to knock on: the relay retries at least every 2 s, so messages
@@ -220,6 +221,7 @@ class LocalRun:
             "MESSENGER_AUTH_PUBLIC_AMQP_URLS": ",".join(n.public_amqp_url for n in self.nodes),
             "MESSENGER_AUTH_INBOX_QUEUE_TYPE": inbox_queue_type,
             "MESSENGER_AUTH_WEB_STOMP_URLS": ",".join(n.web_stomp_url for n in self.nodes),
+            "MESSENGER_AUTH_MANAGEMENT_URLS": ",".join(n.management_url for n in self.nodes),
         }
         self.auth = ServiceProcess(module="services.auth", args=["serve"], env=self.auth_env)
         self.relays = [

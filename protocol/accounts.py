@@ -4,6 +4,7 @@ A username becomes a queue name (`inbox.<username>`) and a routing key, so its a
 narrow on purpose.
 """
 
+import hashlib
 import re
 import unicodedata
 from datetime import datetime
@@ -65,6 +66,33 @@ def check_password(value: str) -> str:
     if len(value) > PASSWORD_MAX:
         raise ValueError(f"password must be at most {PASSWORD_MAX} characters long")
     return value
+
+
+# A client names its AMQP connection after the session that opened it, so that the auth
+# service can close the connections of a session that ends (logout, revocation, expiry). The
+# name holds a hash of a hash of the token, never the token: the auth service, which stores
+# only SHA-256(token), computes the same tag, and nobody can go from the tag back to a token.
+CONNECTION_NAME_PREFIX = "messenger client"
+CONNECTION_NAME_RE = re.compile(r"messenger client (\S{1,64}) ([0-9a-f]{16})")
+
+
+def session_tag_of_hash(token_sha256_hex: str) -> str:
+    """The 16-hex tag of a session, from the SHA-256 (hex) of its token."""
+    return hashlib.sha256(b"messenger connection\0" + token_sha256_hex.encode()).hexdigest()[:16]
+
+
+def connection_name(username: str, token: str) -> str:
+    """`messenger client <username> <tag>`: the AMQP `connection_name` of a session."""
+    token_sha256 = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{CONNECTION_NAME_PREFIX} {username} {session_tag_of_hash(token_sha256)}"
+
+
+def parse_connection_name(name: object) -> tuple[str, str] | None:
+    """(username, tag) of a session's connection name, or None for any other name."""
+    if not isinstance(name, str):
+        return None
+    match = CONNECTION_NAME_RE.fullmatch(name)
+    return (match[1], match[2]) if match else None
 
 
 # The JSON schemas below say exactly what the checks above accept, so the OpenAPI document

@@ -6,6 +6,7 @@ Every body is JSON with `content_type` application/json and its model named by t
 one's messages.
 """
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -43,6 +44,27 @@ def check_text(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(check_text)]
 
+# A client's id of its message (the AMQP message_id of a send): a UUID from our clients. It is
+# shown to the recipient (`--json`), so it is held to an id alphabet, never free text.
+MAX_CLIENT_ID_CHARS = 128
+CLIENT_ID_RE = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_CLIENT_ID_CHARS}}}")
+
+
+def check_client_id(value: str) -> str:
+    """1..128 of A-Z a-z 0-9 . _ : - (a UUID fits); anything else is refused."""
+    if not CLIENT_ID_RE.fullmatch(value):
+        raise ValueError(
+            f"client id must be 1 to {MAX_CLIENT_ID_CHARS} of A-Z, a-z, 0-9, '.', '_', ':', '-'"
+        )
+    return value
+
+
+def is_valid_client_id(value: object) -> bool:
+    return isinstance(value, str) and CLIENT_ID_RE.fullmatch(value) is not None
+
+
+ClientId = Annotated[str, AfterValidator(check_client_id)]
+
 
 def encode(model: BaseModel) -> bytes:
     """The wire form of a body: compact UTF-8 JSON, aliases (`from`) applied."""
@@ -64,7 +86,7 @@ class RelayAnswer(WireModel):
     """The relay's answer on the sender's reply-to, correlated by the client's message id."""
 
     status: Literal["accepted", "rejected"]
-    client_id: str | None = None
+    client_id: ClientId | None = None
     id: str | None = None
     sent_at: datetime | None = None
     reason: RejectReason | None = None
@@ -75,7 +97,7 @@ class DeliveredMessage(WireModel):
     """What lands in a recipient's inbox. `id` is the server's, time-ordered and unique."""
 
     id: str
-    client_id: str | None = None
+    client_id: ClientId | None = None
     sender: str = Field(alias="from")
     to: str
     text: str

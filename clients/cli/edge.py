@@ -55,6 +55,15 @@ def report(error: MessengerError) -> int:
 def run(command: typer.Typer, args: Sequence[str], prog_name: str = "messenger") -> int:
     """Run the typer app like a shell would, and return the exit code instead of raising."""
     debug = bool(os.environ.get("MESSENGER_DEBUG"))
+    undecodable = _undecodable_argument(args)
+    if undecodable is not None:
+        err(
+            error_line(
+                f"argument {undecodable} is not valid UTF-8 text",
+                "check the terminal's encoding (LANG, LC_ALL) or the bytes you passed",
+            )
+        )
+        return USAGE
     click_command = typer.main.get_command(command)
     try:
         result = click_command.main(list(args), prog_name=prog_name, standalone_mode=False)
@@ -74,6 +83,16 @@ def run(command: typer.Typer, args: Sequence[str], prog_name: str = "messenger")
         return FAILED
     except typer.TyperException as error:  # usage errors and the like, from click
         return _usage_error(error)
+    except UnicodeError:  # stdin, a file or the terminal gave bytes that are not UTF-8
+        if debug:
+            traceback.print_exc()
+        err(
+            error_line(
+                "the input is not valid UTF-8 text",
+                "check the terminal's encoding (LANG, LC_ALL) or the file you passed",
+            )
+        )
+        return FAILED
     except Exception as error:
         if debug:
             traceback.print_exc()
@@ -86,6 +105,15 @@ def run(command: typer.Typer, args: Sequence[str], prog_name: str = "messenger")
         )
         return FAILED
     return result if isinstance(result, int) else OK
+
+
+def _undecodable_argument(args: Sequence[str]) -> int | None:
+    """The 1-based position of the first argument holding bytes that are not UTF-8 (Python
+    keeps them as lone surrogates, which no encoder takes later), or None."""
+    for position, arg in enumerate(args, start=1):
+        if any("\ud800" <= char <= "\udfff" for char in arg):
+            return position
+    return None
 
 
 def _usage_error(error: typer.TyperException) -> int:

@@ -1,8 +1,9 @@
 """How the `messenger` command writes to a terminal: names, times, colour, JSON lines.
 
 Colour only when the stream is a terminal, `NO_COLOR` is unset (https://no-color.org) and
-`TERM` is not `dumb`. Times are shown in the local time zone. Text from other people is
-stripped of control characters before it reaches the terminal.
+`TERM` is not `dumb`. Times are shown in the local time zone. Text from other people loses
+control characters and unbalanced bidi controls before it reaches the terminal (`clean`), and
+keeps everything a script or an emoji needs (joiners, variation selectors).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
+
+from rich.cells import cell_len
 
 from clients.library.history import StoredMessage
 
@@ -62,14 +65,39 @@ class Painter:
         return cls(wants_color(stream))
 
 
+# Bidi embeddings/overrides end at PDF, isolates at PDI. One left open runs on into what the
+# terminal prints next (our own prompt, a name), so only matched pairs are kept.
+_BIDI_OPENERS = {
+    "\u202a": "\u202c", "\u202b": "\u202c", "\u202d": "\u202c", "\u202e": "\u202c",
+    "\u2066": "\u2069", "\u2067": "\u2069", "\u2068": "\u2069",
+}  # fmt: skip
+_BIDI_CLOSERS = frozenset(_BIDI_OPENERS.values())
+
+
 def clean(text: str) -> str:
-    """Text safe to print: no escape sequences or other control characters but newline/tab."""
-    return "".join(
-        char
-        if char in "\n\t" or unicodedata.category(char) not in {"Cc", "Cf"}
-        else "\N{REPLACEMENT CHARACTER}"
-        for char in text
-    )
+    """Text safe to print: C0/C1 control characters (escape sequences among them) but newline
+    and tab, and bidi controls left unbalanced within a line, become U+FFFD. Everything else
+    is kept: emoji joined by ZWJ (👩‍💻), variation selectors (🏳️‍🌈), ZWNJ in Persian."""
+    return "\n".join(_clean_line(line) for line in text.split("\n"))
+
+
+def _clean_line(line: str) -> str:
+    chars = [
+        char if char == "\t" or unicodedata.category(char) != "Cc" else "\N{REPLACEMENT CHARACTER}"
+        for char in line
+    ]
+    open_at: list[int] = []  # positions of bidi openers not closed yet
+    for index, char in enumerate(chars):
+        if char in _BIDI_OPENERS:
+            open_at.append(index)
+        elif char in _BIDI_CLOSERS:
+            if open_at and _BIDI_OPENERS[chars[open_at[-1]]] == char:
+                open_at.pop()
+            else:
+                chars[index] = "\N{REPLACEMENT CHARACTER}"
+    for index in open_at:
+        chars[index] = "\N{REPLACEMENT CHARACTER}"
+    return "".join(chars)
 
 
 def local_time(moment: datetime, *, now: datetime | None = None) -> str:
@@ -131,7 +159,8 @@ def status_mark(status: str, paint: Painter) -> str:
 
 
 def _visible_len(text: str, paint: Painter) -> int:
-    return len(_ANSI.sub("", text)) if paint.color else len(text)
+    """Terminal cells (an emoji or a CJK character takes two), escape codes not counted."""
+    return cell_len(_ANSI.sub("", text) if paint.color else text)
 
 
 def json_line(payload: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from clients.library.errors import (
     LoginRefused,
     MessengerError,
 )
-from protocol.accounts import Meta
+from protocol.accounts import Meta, connection_name
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,10 @@ class Connection:
     @classmethod
     def open(cls, meta: Meta, username: str, secret: str) -> Connection:
         """Log in to the broker `meta` names (any of its nodes); `secret` is a session token
-        or the password."""
+        or the password. The connection is named after the session (protocol.accounts), so
+        the auth service closes it when the session ends; log in with a token (the CLI
+        always does): a password has no session, and its name's tag would be a fast hash of
+        it that broker operators can see."""
         nodes = []
         for url in meta.broker_urls():
             try:
@@ -76,7 +79,8 @@ class Connection:
                     vhost=meta.vhost,
                     username=username,
                     password=secret,
-                    name=f"messenger client {username}",
+                    # The auth service closes it when the session ends (protocol.accounts).
+                    name=connection_name(username, secret),
                     heartbeat=60,
                     blocked_connection_timeout=30,
                 )

@@ -19,18 +19,19 @@ from pydantic import ValidationError
 
 from protocol import PROTOCOL_VERSION
 from protocol.accounts import Meta
-from services.auth.accounts import Accounts
+from services.auth.accounts import Accounts, StoredAddresses
 from services.auth.broker_api import create_broker_app
 from services.auth.broker_key import RequireKey
+from services.auth.connections import BrokerConnections, SessionEnds, SessionSweeper
 from services.auth.hashing import PasswordHashing
 from services.auth.importer import ImportFileError, Outcome, export_users, import_users, parse_file
 from services.auth.inboxes import BrokerInboxes
 from services.auth.public_api import amqp_url_with_vhost, create_public_app
-from services.auth.ratelimit import LoginLimiter
+from services.auth.ratelimit import LoginLimiter, TokenBucket
 from services.auth.settings import AuthSettings
 from services.auth.store import Store
 from services.auth.validation import describe_errors
-from services.auth.web import add_web_client
+from services.auth.web import WebSessions, add_web_client
 from services.logs import configure_logging
 
 logger = logging.getLogger("services.auth")
@@ -74,9 +75,16 @@ def serve() -> None:
             settings.login_failures_per_user,
             settings.login_failures_per_address,
             settings.login_failure_window_seconds,
+            free_failures=settings.login_free_failures,
+            base_delay=settings.login_base_delay_seconds,
+            max_delay=settings.login_max_delay_seconds,
+            known=StoredAddresses(store, settings.login_known_address_days * 24 * 3600),
         ),
         inboxes=inboxes,
         token_ttl_seconds=settings.token_ttl_seconds,
+        broker_password_checks=TokenBucket(
+            settings.broker_password_checks_per_second, settings.broker_password_checks_burst
+        ),
     )
     amqp_urls = [amqp_url_with_vhost(url, settings.vhost) for url in settings.client_amqp_urls()]
     meta = Meta(
@@ -85,8 +93,10 @@ def serve() -> None:
         amqp_urls=amqp_urls,
         vhost=settings.vhost,
     )
+    web_sessions = WebSessions(lambda username, token: accounts.session_user(token) == username)
+    sweeper, connections = _sweeper(settings, accounts, web_sessions)
     public = create_public_app(accounts, meta, settings.max_body_bytes)
-    add_web_client(public, settings.web_dir, settings.web_stomp_urls)
+    add_web_client(public, settings.web_dir, settings.web_stomp_urls, web_sessions)
     broker: object = create_broker_app(accounts, settings.vhost, settings.max_body_bytes)
     if settings.broker_api_key is not None:
         broker = RequireKey(broker, settings.broker_api_key.get_secret_value())  # type: ignore[arg-type]
@@ -106,13 +116,47 @@ def serve() -> None:
         " (behind its key)" if settings.broker_api_key is not None else "",
     )
     try:
+        sweeper.start()
         asyncio.run(_serve_all(servers))
     finally:
+        sweeper.stop()
+        if connections is not None:
+            connections.close()
         inboxes.close()
         store.close()
     if not all(server.started for server in servers):
         raise typer.Exit(1)
     logger.info("stopped")
+
+
+def _sweeper(
+    settings: AuthSettings, accounts: Accounts, web_sessions: WebSessions
+) -> tuple[SessionSweeper, BrokerConnections | None]:
+    """What ends the connections of ended sessions (the web client's sockets, and AMQP
+    connections through the management API when there is one), wired into `accounts`."""
+    holders: list[SessionEnds] = [web_sessions]
+    connections = None
+    if settings.management_urls:
+        connections = BrokerConnections(
+            settings.management_urls,
+            settings.amqp_user,
+            settings.amqp_password.get_secret_value(),
+            settings.vhost,
+        )
+        holders.append(connections)
+    else:
+        logger.warning(
+            "no management API (MESSENGER_AUTH_MANAGEMENT_URLS): logout and expiry do not "
+            "close open AMQP connections"
+        )
+    sweeper = SessionSweeper(
+        holders,
+        accounts.live_session_tags,
+        accounts.delete_expired_sessions,
+        settings.session_sweep_seconds,
+    )
+    accounts.on_session_end = sweeper.session_ended
+    return sweeper, connections
 
 
 @cli.command("import")

@@ -48,6 +48,12 @@ class AuthSettings(BrokerSettings):
 
     token_ttl_seconds: int = 7 * 24 * 3600
 
+    # The brokers' management HTTP API (comma-separated, tried in turn): logout closes the
+    # session's AMQP connections at once, and every `session_sweep_seconds` the connections
+    # of expired or revoked sessions are closed (services/auth/connections.py). Empty: off.
+    management_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    session_sweep_seconds: float = 5.0
+
     # The web client on the public listener (services/auth/web.py): the built page, and the
     # broker's Web STOMP listener(s) `/ws` is proxied to, tried in turn (each node of a
     # cluster), comma-separated.
@@ -56,10 +62,23 @@ class AuthSettings(BrokerSettings):
         default_factory=lambda: ["ws://127.0.0.1:15674/ws"]
     )
 
-    # Failed logins (API and broker) allowed per window, per username and per client address.
+    # Failed logins (services/auth/ratelimit.py). Per (username, address): the first
+    # `login_free_failures` cost nothing, then each one doubles the wait before the next try
+    # (from `login_base_delay_seconds` up to `login_max_delay_seconds`). An address that
+    # logged in to the account within `login_known_address_days` is held by that delay only;
+    # any other is also refused once the username (from anywhere) or the address (over all
+    # names, existing or not) has this many failures in the window.
+    login_free_failures: int = 5
+    login_base_delay_seconds: float = 1.0
+    login_max_delay_seconds: float = 600.0
+    login_known_address_days: float = 30.0
     login_failures_per_user: int = 10
     login_failures_per_address: int = 50
     login_failure_window_seconds: int = 300
+    # Broker logins with a password (not a token) verified per second, all names together,
+    # and the burst allowed; beyond it they are refused without running argon2.
+    broker_password_checks_per_second: float = 5.0
+    broker_password_checks_burst: int = 20
 
     # argon2id cost; hashes made with other parameters are upgraded at the next login.
     # OWASP's first recommended set (19 MiB, 2 passes, 1 lane): one verification takes about
@@ -85,6 +104,17 @@ class AuthSettings(BrokerSettings):
         if isinstance(value, list):
             for url in value:
                 parse_amqp_url(str(url))
+        return value
+
+    @field_validator("management_urls", mode="before")
+    @classmethod
+    def _split_management_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        if isinstance(value, list):
+            for url in value:
+                if urlsplit(str(url)).scheme not in ("http", "https"):
+                    raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return value
 
     @field_validator("web_stomp_urls", mode="before")

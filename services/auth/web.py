@@ -19,6 +19,8 @@ import gzip
 import hashlib
 import logging
 import mimetypes
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +31,8 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
+
+from protocol.accounts import session_tag_of_hash
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ UPSTREAM_OPEN_TIMEOUT_SECONDS = 5.0
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
+SESSION_ENDED_FRAME = "ERROR\nmessage:session ended: log in again\n\n\x00"
 
 
 @dataclass(frozen=True)
@@ -118,17 +123,63 @@ class WebPage:
         return cls(index=Asset.load(directory / "index.html"), assets=assets)
 
 
+class WebSessions:
+    """The open `/ws` sockets of each session, so that a session that ends (logout,
+    revocation, expiry) closes them: the broker knows nothing of sessions once a socket is
+    logged in. Thread-safe: sessions end on the sweeper's thread, sockets live on the loop.
+    """
+
+    def __init__(self, is_session: Callable[[str, str], bool]) -> None:
+        self._is_session = is_session  # (username, token) -> a live session of that user?
+        self._open: dict[tuple[str, str], dict[int, Callable[[], None]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, username: str, token: str, end: Callable[[], None]) -> tuple[str, str] | None:
+        """Register a socket that logged in with `token`; its key, or None when the token
+        is not a live session of `username` (a password login: nothing to end it)."""
+        if not self._is_session(username, token):
+            return None
+        key = (username, session_tag_of_hash(hashlib.sha256(token.encode()).hexdigest()))
+        with self._lock:
+            self._open.setdefault(key, {})[id(end)] = end
+        return key
+
+    def remove(self, key: tuple[str, str], end: Callable[[], None]) -> None:
+        with self._lock:
+            sockets = self._open.get(key, {})
+            sockets.pop(id(end), None)
+            if not sockets:
+                self._open.pop(key, None)
+
+    def end(self, username: str, tag: str) -> int:
+        """Close the sockets of one session; how many."""
+        with self._lock:
+            sockets = list(self._open.pop((username, tag), {}).values())
+        for end in sockets:
+            end()
+        if sockets:
+            logger.info("closed %d web socket(s) of an ended session of %s", len(sockets), username)
+        return len(sockets)
+
+    def sweep(self, live_tags: Callable[[str], set[str]]) -> int:
+        with self._lock:
+            keys = list(self._open)
+        return sum(self.end(user, tag) for user, tag in keys if tag not in live_tags(user))
+
+
 class StompProxy:
     """Relays one browser WebSocket to the broker's Web STOMP listener, frame for frame.
 
     With several brokers (a cluster), a new connection tries them in turn, starting from the
-    last one that answered.
+    last one that answered. With `sessions`, the first CONNECT frame's token files the socket
+    under its session, which closes it when it ends.
     """
 
-    def __init__(self, upstreams: list[str]) -> None:
+    def __init__(self, upstreams: list[str], sessions: WebSessions | None = None) -> None:
         if not upstreams:
             raise ValueError("no Web STOMP listener to proxy to")
         self.upstreams = upstreams
+        self.sessions = sessions
         self._preferred = 0
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -143,7 +194,7 @@ class StompProxy:
             return
         try:
             await websocket.accept(subprotocol=upstream.subprotocol)
-            await _relay(websocket, upstream)
+            await _relay(websocket, upstream, self.sessions)
         finally:
             await upstream.close()
 
@@ -171,12 +222,21 @@ class StompProxy:
         return None
 
 
-async def _relay(websocket: WebSocket, upstream: ClientConnection) -> None:
-    """Until either side closes; the other is then closed with the same code."""
+async def _relay(
+    websocket: WebSocket, upstream: ClientConnection, sessions: WebSessions | None = None
+) -> None:
+    """Until either side closes, or the session ends; the other is then closed too."""
     close_code = 1000
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+    registered: tuple[str, str] | None = None
+
+    def end() -> None:  # from the sweeper's thread
+        loop.call_soon_threadsafe(ended.set)
 
     async def browser_to_broker() -> None:
-        nonlocal close_code
+        nonlocal close_code, registered
+        logged_in = sessions is None
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -189,7 +249,19 @@ async def _relay(websocket: WebSocket, upstream: ClientConnection) -> None:
             if len(data) > MAX_CLIENT_FRAME_BYTES:
                 close_code = CLOSE_TOO_BIG
                 return
+            if not logged_in and sessions is not None:
+                credentials = stomp_credentials(data)
+                if credentials is not None:
+                    logged_in = True
+                    registered = await asyncio.to_thread(sessions.add, *credentials, end)
             await upstream.send(data)
+
+    async def session_end() -> None:
+        nonlocal close_code
+        await ended.wait()
+        close_code = CLOSE_POLICY_VIOLATION
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+            await websocket.send_text(SESSION_ENDED_FRAME)
 
     async def broker_to_browser() -> None:
         nonlocal close_code
@@ -201,10 +273,16 @@ async def _relay(websocket: WebSocket, upstream: ClientConnection) -> None:
                     await websocket.send_bytes(data)
         close_code = upstream.close_code or 1000
 
-    tasks = [asyncio.create_task(browser_to_broker()), asyncio.create_task(broker_to_browser())]
+    tasks = [
+        asyncio.create_task(browser_to_broker()),
+        asyncio.create_task(broker_to_browser()),
+        asyncio.create_task(session_end()),
+    ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if registered is not None and sessions is not None:
+            sessions.remove(registered, end)
         for task in tasks:
             task.cancel()
         for task in tasks:  # a side that broke (the other end went) ends the relay too
@@ -217,6 +295,27 @@ async def _relay(websocket: WebSocket, upstream: ClientConnection) -> None:
         await websocket.close(code=close_code if 1000 <= close_code < 5000 else 1000)
 
 
+def stomp_credentials(data: str | bytes) -> tuple[str, str] | None:
+    """(login, passcode) of a STOMP CONNECT (or STOMP) frame, or None for any other frame.
+    STOMP 1.2: CONNECT headers are not escaped, and a repeated header's first value counts."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    head = data.lstrip("\r\n").split("\n\n", 1)[0]
+    command, *lines = head.split("\n")
+    if command.rstrip("\r") not in ("CONNECT", "STOMP"):
+        return None
+    headers: dict[str, str] = {}
+    for line in lines:
+        key, colon, value = line.rstrip("\r").partition(":")
+        if colon:
+            headers.setdefault(key, value)
+    login, passcode = headers.get("login"), headers.get("passcode")
+    return (login, passcode) if login and passcode else None
+
+
 def same_origin(origin: str | None, host: str | None) -> bool:
     """A browser always sends Origin on a WebSocket: it must be this server. No Origin: not
     a browser (a script of a user's own), which the broker authenticates like any client."""
@@ -225,7 +324,12 @@ def same_origin(origin: str | None, host: str | None) -> bool:
     return bool(host) and urlsplit(origin).netloc.lower() == (host or "").lower()
 
 
-def add_web_client(app: FastAPI, directory: Path | None, stomp_urls: list[str]) -> None:
+def add_web_client(
+    app: FastAPI,
+    directory: Path | None,
+    stomp_urls: list[str],
+    sessions: WebSessions | None = None,
+) -> None:
     """Serve the page and proxy `/ws` on `app` (the public listener)."""
     page: WebPage | None = None
     if directory is not None and (directory / "index.html").is_file():
@@ -233,7 +337,7 @@ def add_web_client(app: FastAPI, directory: Path | None, stomp_urls: list[str]) 
         logger.info("web client from %s (%d assets)", directory, len(page.assets))
     else:
         logger.warning("no web client build in %s: `/` answers 404 (run `make web`)", directory)
-    proxy = StompProxy(stomp_urls)
+    proxy = StompProxy(stomp_urls, sessions)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index(request: Request) -> Response:

@@ -29,6 +29,7 @@ from protocol.messages import (
     RelayAnswer,
     SendRequest,
     encode,
+    is_valid_client_id,
 )
 from protocol.topology import (
     CONTENT_TYPE,
@@ -38,7 +39,6 @@ from protocol.topology import (
     TYPE_SEND,
 )
 
-MAX_CLIENT_ID_CHARS = 128
 # The client's send time (SENT_MS_HEADER) is believed within this window around the relay's
 # clock, and only then makes the server id (ids.stable_id): outside it, the message gets a
 # fresh id stamped with the relay's clock (see _server_id for why not a clamped time).
@@ -258,9 +258,11 @@ def _receipt(incoming: Incoming, sender: str, now: datetime, new_id: str) -> Out
 
 
 def _client_id(incoming: Incoming) -> str | None:
-    if incoming.message_id is None:
+    """The sender's message id when it is a valid client id (protocol.messages), else None:
+    free text never reaches the recipient."""
+    if not is_valid_client_id(incoming.message_id):
         return None
-    return incoming.message_id[:MAX_CLIENT_ID_CHARS]
+    return incoming.message_id
 
 
 def _server_id(

@@ -154,6 +154,7 @@ class ContainerNode(LocalNode):
         container.with_kwargs(extra_hosts={"host.docker.internal": "host-gateway"})
         container.with_bind_ports(5672, self.amqp_port)
         container.with_bind_ports(15674, self.web_stomp_port)
+        container.with_bind_ports(15672, self.management_port)
         try:
             container.start()
         except BaseException:
@@ -199,6 +200,9 @@ class ContainerNode(LocalNode):
 
     def _web_stomp_listener(self) -> list[str]:
         return ["web_stomp.tcp.port = 15674"]
+
+    def _management_listener(self) -> list[str]:
+        return ["management.tcp.port = 15672"]
 
     def _path_seen_by_broker(self, path: Path) -> Path:
         return CONFIG_IN_CONTAINER / path.name

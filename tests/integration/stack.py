@@ -181,6 +181,7 @@ def auth_env(broker: Broker, db_path: Path, public_port: int, **overrides: str) 
         "MESSENGER_AUTH_AMQP_PASSWORD": broker.service_passwords["auth"],
         "MESSENGER_AUTH_PUBLIC_AMQP_URL": broker.public_amqp_url,
         "MESSENGER_AUTH_WEB_STOMP_URLS": broker.node.web_stomp_url,
+        "MESSENGER_AUTH_MANAGEMENT_URLS": broker.node.management_url,
         # Cheap hashes keep the suite fast; the production cost is measured by `make bench`.
         "MESSENGER_AUTH_ARGON2_TIME_COST": "1",
         "MESSENGER_AUTH_ARGON2_MEMORY_KIB": "8192",

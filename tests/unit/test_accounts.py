@@ -1,5 +1,7 @@
 """The sign-up rules of protocol.accounts (username, display name, password)."""
 
+import hashlib
+
 import pytest
 from pydantic import ValidationError
 
@@ -9,7 +11,10 @@ from protocol.accounts import (
     check_display_name,
     check_password,
     check_username,
+    connection_name,
     is_valid_username,
+    parse_connection_name,
+    session_tag_of_hash,
 )
 
 
@@ -94,3 +99,31 @@ def test_signup_request_reports_the_rule_that_failed():
 def test_login_request_does_not_validate_the_username_so_bad_names_get_a_plain_401():
     request = LoginRequest.model_validate({"username": "../Bob", "password": "whatever"})
     assert request.username == "../Bob"
+
+
+def test_a_connection_name_says_whose_session_without_holding_the_token():
+    token = "tok-" + "x" * 40
+    name = connection_name("alice", token)
+    assert token not in name
+    assert name.startswith("messenger client alice ")
+    parsed = parse_connection_name(name)
+    assert parsed is not None
+    username, tag = parsed
+    assert username == "alice"
+    assert tag == session_tag_of_hash(hashlib.sha256(token.encode()).hexdigest())
+    assert connection_name("alice", "another token") != name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [None, "", "messenger client alice", "messenger client alice 0123", "my script", 7,
+     "messenger client alice 0123456789abcdef extra"],
+)  # fmt: skip
+def test_other_connection_names_are_not_sessions(name):
+    assert parse_connection_name(name) is None
+
+
+def test_a_lone_surrogate_in_a_sign_up_password_is_invalid_input():
+    body = {"username": "alice", "display_name": "Alice", "password": "abcdefgh\ud800"}
+    with pytest.raises(ValidationError, match="password must not contain the lone surrogate"):
+        SignupRequest.model_validate(body)

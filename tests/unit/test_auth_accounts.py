@@ -7,7 +7,7 @@ import time
 import pytest
 
 from protocol.accounts import SignupRequest
-from services.auth.accounts import Accounts
+from services.auth.accounts import Accounts, StoredAddresses
 from services.auth.errors import (
     BrokerUnavailable,
     InvalidCredentials,
@@ -16,8 +16,8 @@ from services.auth.errors import (
     UsernameTaken,
 )
 from services.auth.hashing import PasswordHashing
-from services.auth.ratelimit import LoginLimiter
-from services.auth.store import Store
+from services.auth.ratelimit import LoginLimiter, TokenBucket
+from services.auth.store import Store, UserRecord
 from services.auth.tokens import new_token, token_hash
 
 PASSWORD = "correct horse battery"
@@ -36,6 +36,18 @@ class FakeInboxes:
 
 def cheap_hashing(time_cost: int = 1) -> PasswordHashing:
     return PasswordHashing(time_cost=time_cost, memory_kib=1024, parallelism=1)
+
+
+class CountingHashing(PasswordHashing):
+    """Counts the argon2 verifications it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_kib=1024, parallelism=1)
+        self.verified = 0
+
+    def verify(self, stored_hash: str | None, password: str) -> tuple[bool, str | None]:
+        self.verified += 1
+        return super().verify(stored_hash, password)
 
 
 @pytest.fixture
@@ -102,23 +114,61 @@ def test_unknown_user_and_wrong_password_are_the_same_refusal(accounts):
     assert str(wrong.value) == str(unknown.value)
 
 
-def test_while_rate_limited_even_the_right_password_is_refused(accounts):
+def test_strangers_guessing_do_not_lock_out_a_user_from_an_address_known_to_work(accounts):
     sign_up(accounts)
-    for _ in range(3):
+    accounts.log_in("alice", PASSWORD, "10.0.0.1")
+    for attacker in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
         with pytest.raises(InvalidCredentials):
-            accounts.log_in("alice", "wrong password", "10.0.0.1")
-    with pytest.raises(RateLimited) as limited:
+            accounts.log_in("alice", "wrong password", attacker)
+    with pytest.raises(RateLimited) as limited:  # a new address is a stranger: it waits
         accounts.log_in("alice", PASSWORD, "10.0.0.2")
     assert limited.value.retry_after >= 1
+    assert accounts.log_in("alice", PASSWORD, "10.0.0.1").token  # alice's own is not
 
 
-def test_failed_broker_logins_count_toward_the_login_limit(accounts):
+def test_failed_broker_logins_count_toward_the_stranger_budget(accounts):
     sign_up(accounts)
     for _ in range(3):
         assert not accounts.broker_login("alice", "wrong password")
     with pytest.raises(RateLimited):
         accounts.log_in("alice", PASSWORD, "10.0.0.1")
     assert not accounts.broker_login("alice", PASSWORD)
+
+
+def test_broker_refusals_of_names_that_are_no_user_run_no_hash(store, inboxes):
+    hashing = CountingHashing()
+    accounts = Accounts(store, hashing, LoginLimiter.create(3, 5, 60), inboxes, 3600)
+    for _ in range(50):
+        assert not accounts.broker_login("nobody", "guess")
+        assert not accounts.broker_login("Not A Name", "guess")
+    assert hashing.verified == 0
+
+
+def test_broker_password_checks_beyond_the_budget_are_refused_without_a_hash(store, inboxes):
+    hashing = CountingHashing()
+    accounts = Accounts(
+        store, hashing, LoginLimiter.create(100, 100, 60), inboxes, 3600,
+        broker_password_checks=TokenBucket(rate=0.001, burst=2),
+    )  # fmt: skip
+    sign_up(accounts)
+    token = accounts.log_in("alice", PASSWORD, "10.0.0.1").token
+    verified = hashing.verified
+    results = [accounts.broker_login("alice", "wrong password") for _ in range(5)]
+    assert results == [False] * 5
+    assert hashing.verified == verified + 2
+    assert not accounts.broker_login("alice", PASSWORD)  # the budget is spent
+    assert accounts.broker_login("alice", token)  # a token never needs it
+
+
+def test_http_logins_for_malformed_names_run_no_hash_and_count_per_address(store, inboxes):
+    hashing = CountingHashing()
+    accounts = Accounts(store, hashing, LoginLimiter.create(3, 2, 60), inboxes, 3600)
+    for _ in range(2):
+        with pytest.raises(InvalidCredentials):
+            accounts.log_in("Not A Name", "guess", "10.0.0.1")
+    assert hashing.verified == 0
+    with pytest.raises(RateLimited):
+        accounts.log_in("Not A Name", "guess", "10.0.0.1")
 
 
 def test_a_live_token_still_opens_the_broker_while_passwords_are_limited(accounts):
@@ -176,3 +226,30 @@ def test_a_hash_with_old_parameters_is_upgraded_at_the_next_login(store, inboxes
 def test_looking_up_an_unknown_user_raises(accounts):
     with pytest.raises(UnknownUser):
         accounts.user("nobody")
+
+
+def test_known_addresses_are_kept_in_the_store_and_outlive_a_restart(store, inboxes):
+    def service() -> Accounts:
+        known = StoredAddresses(store, remember_seconds=3600)
+        limiter = LoginLimiter.create(per_user=2, per_address=100, window_seconds=60, known=known)
+        return Accounts(store, cheap_hashing(), limiter, inboxes, token_ttl_seconds=3600)
+
+    first = service()
+    sign_up(first)
+    first.log_in("alice", PASSWORD, "10.0.0.1")
+    restarted = service()  # the failures and delays are forgotten, the address is not
+    for attacker in ("192.0.2.1", "192.0.2.2"):
+        with pytest.raises(InvalidCredentials):
+            restarted.log_in("alice", "wrong password", attacker)
+    with pytest.raises(RateLimited):
+        restarted.log_in("alice", PASSWORD, "10.0.0.2")
+    assert restarted.log_in("alice", PASSWORD, "10.0.0.1").token
+
+
+def test_the_store_keeps_the_latest_addresses_of_a_user_only(store):
+    store.add_user(UserRecord("alice", "Alice", "h", 0.0))
+    for n in range(20):
+        store.remember_address("alice", f"10.0.0.{n}", float(n))
+    assert not store.address_known("alice", "10.0.0.3", since=0)
+    assert store.address_known("alice", "10.0.0.19", since=0)
+    assert not store.address_known("alice", "10.0.0.19", since=20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -288,3 +289,23 @@ def test_the_openapi_document_gives_every_error_as_one_readable_string(public):
         for code in codes - {"200", "201", "204"}:
             assert responses[code]["content"]["application/json"]["schema"] == error
     assert "HTTPValidationError" not in document["components"]["schemas"]
+
+
+@pytest.mark.parametrize("field", ["password", "display_name", "username"])
+def test_a_lone_surrogate_in_a_sign_up_field_is_422_not_a_crash(public, accounts, field):
+    body = {"username": "alice", "display_name": "Alice", "password": PASSWORD}
+    raw = json.dumps(body).replace(json.dumps(body[field]), json.dumps(body[field] + "\ud800"))
+    response = public.post(
+        "/v1/users", content=raw.encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert field.replace("_", " ") in response.json()["detail"]
+    assert accounts.store.count_users() == 0
+
+
+def test_a_lone_surrogate_in_a_login_is_a_plain_refusal(public):
+    raw = '{"username": "alice", "password": "abcdefgh\\udc80"}'
+    response = public.post(
+        "/v1/sessions", content=raw.encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (401, 422)

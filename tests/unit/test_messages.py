@@ -16,6 +16,7 @@ from protocol.messages import (
     SendRequest,
     check_text,
     encode,
+    is_valid_client_id,
 )
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -72,3 +73,40 @@ def test_receipts_round_trip():
     assert ReceiptNotice.model_validate_json(encode(notice)) == notice
     with pytest.raises(ValidationError):
         ReceiptRequest.model_validate({"message_id": "m1", "to": "alice", "status": "seen"})
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        (SendRequest, {"to": "bob", "text": "a\ud800b"}),
+        (RelayAnswer, {"status": "rejected", "detail": "\udcff"}),
+        (ReceiptRequest, {"message_id": "m\udfff", "to": "bob", "status": "read"}),
+    ],
+)
+def test_a_lone_surrogate_in_any_string_is_invalid_input(model, fields):
+    # As Python's json module (FastAPI, the relay) gives it; pydantic's own JSON parser and
+    # its str type refuse some of these already, the model refuses all.
+    with pytest.raises(ValidationError, match=r"surrogate|unicode"):
+        model.model_validate(json.loads(json.dumps(fields)))
+
+
+def test_a_surrogate_pair_as_json_escapes_is_one_legal_emoji():
+    request = SendRequest.model_validate_json('{"to": "bob", "text": "\\ud83d\\ude00"}')
+    assert request.text == "\U0001f600"
+
+
+@pytest.mark.parametrize("client_id", ["0b9f2c1e-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "a", "x" * 128])
+def test_client_ids_of_the_id_alphabet_are_kept(client_id):
+    assert is_valid_client_id(client_id)
+    answer = DeliveredMessage(
+        id="i", client_id=client_id, sender="a", to="b", text="t", sent_at=NOW
+    )
+    assert answer.client_id == client_id
+
+
+@pytest.mark.parametrize("client_id", ["", "x" * 129, "a\x85b", "a\x1b[2Jb", "a b", "é", None, 5])
+def test_client_ids_with_controls_spaces_or_too_long_are_refused(client_id):
+    assert not is_valid_client_id(client_id)
+    if isinstance(client_id, str):
+        with pytest.raises(ValidationError, match="client id"):
+            DeliveredMessage(id="i", client_id=client_id, sender="a", to="b", text="t", sent_at=NOW)
