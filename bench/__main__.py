@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import accounts, backlog, ceiling, direct, login_flood, online, paced, page
+from bench import accounts, backlog, ceiling, direct, flood, login_flood, online, paced, page
 from bench.context import Context
 from bench.plot import write_png
 from bench.report import ScenarioResult, markdown_table, render_table, write_json
@@ -39,6 +39,7 @@ SCENARIOS: dict[str, Scenario] = {
     "accounts": accounts.run,
     "page": page.run,
     "login_flood": login_flood.run,
+    "flood": flood.run,
 }
 
 

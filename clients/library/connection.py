@@ -98,7 +98,10 @@ class Connection:
         check_session: SessionCheck | None = None,
     ) -> Connection:
         """Log in to the broker `meta` names (any of its nodes); `secret` is a session token
-        or the password. `discover()` fetches `GET /v1/meta` again."""
+        or the password; `discover()` fetches `GET /v1/meta` again. The connection is named
+        after the session (protocol.accounts), so the auth service closes it when the
+        session ends; log in with a token (the CLI always does): a password has no session,
+        and its name's tag would be a fast hash of it that broker operators can see."""
 
         def nodes_of_fresh_meta() -> list[pika.ConnectionParameters]:
             assert discover is not None

@@ -70,7 +70,8 @@ class LoginUnchecked(BrokerUnreachable):
 
 
 class MessageRejected(MessengerError):
-    """The relay answered `rejected`: unknown recipient, invalid message, full inbox."""
+    """The relay answered `rejected`: unknown recipient, invalid message, full inbox, or
+    rate_limited (the message reads "slow down: ...")."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

@@ -74,9 +74,9 @@ class Sender:
         """Send one message and wait for the relay's answer.
 
         Returns the `accepted` answer (server `id`, `sent_at`). Raises MessageRejected
-        (`.reason`: unknown_recipient, invalid, inbox_full), NotConfirmed when the broker
-        holds the message but the relay did not answer in time, BrokerUnreachable or
-        BrokerRefused (each saying whether the message was sent).
+        (`.reason`: unknown_recipient, invalid, inbox_full, rate_limited), NotConfirmed
+        when the broker holds the message but the relay did not answer in time,
+        BrokerUnreachable or BrokerRefused (each saying whether the message was sent).
 
         With a finite reconnect window the whole call, reconnecting included, ends within
         about `timeout` s. With FOREVER (a chat) a lost connection is waited out, the message
@@ -392,4 +392,6 @@ def _raise_if_rejected(answer: RelayAnswer) -> RelayAnswer:
     if answer.status == "accepted":
         return answer
     reason = answer.reason or "invalid"
+    if reason == "rate_limited":
+        raise MessageRejected(f"slow down: {answer.detail or 'too many messages'}", reason)
     raise MessageRejected(answer.detail or f"the relay rejected the message ({reason})", reason)
