@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run import test test-local test-containers images bench lint venv clean web
+.PHONY: run import chaos test test-local test-containers images bench lint venv clean web
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ web: $(STAMP)
 import: $(STAMP)
 	$(if $(FILE),,$(error give the file: make import FILE=users.json))
 	$(BIN)/python -m deploy.import_users $(FILE) $(if $(CLUSTER),--cluster)
+
+## make chaos [ROUNDS=1] [RATE=5] [CLUSTER=1]: SIGKILL the relay, auth service and broker
+## node of a `make run` under traffic, ROUNDS times each (CLUSTER=1: then a node of a
+## three-node `make run CLUSTER=1`); writes docs/reliability.md
+chaos: $(STAMP)
+	$(BIN)/python -m deploy.chaos --rounds $(or $(ROUNDS),1) --rate $(or $(RATE),5) $(if $(CLUSTER),--cluster)
 
 ## make test [START_DOCKER=1]: the private-node suite (unit + integration on RabbitMQ 3.10),
 ## then the container suites (integration on RabbitMQ 4 in a container, compose end to end)

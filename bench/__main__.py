@@ -26,6 +26,7 @@ from bench import (
     ceiling,
     conversations,
     direct,
+    flood,
     login_flood,
     online,
     paced,
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     "page": page.run,
     "login_flood": login_flood.run,
     "conversations": conversations.run,
+    "flood": flood.run,
 }
 
 

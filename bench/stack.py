@@ -36,6 +36,14 @@ logger = logging.getLogger(__name__)
 BENCH_USER = "bench"  # an internal broker user for the ceiling baselines (plain queues)
 
 
+# The relay's rate limits off (a rate of 0): for scenarios that measure throughput.
+UNLIMITED_RELAY = {
+    "MESSENGER_RELAY_SENDER_RATE": "0",
+    "MESSENGER_RELAY_RECIPIENT_RATE": "0",
+    "MESSENGER_RELAY_RECEIPT_RATE": "0",
+}
+
+
 class StackError(RuntimeError):
     """A part of the system under benchmark did not start."""
 
@@ -206,8 +214,11 @@ class BenchStack:
 
     # -- relays ----------------------------------------------------------------------------
 
-    def start_relays(self, count: int, **overrides: str) -> None:
+    def start_relays(self, count: int, *, rate_limits: bool = False, **overrides: str) -> None:
+        """`count` relays; without `rate_limits` they relay as fast as they can (the
+        throughput scenarios send thousands a second from one account)."""
         self.stop_relays()
+        limits = {} if rate_limits else UNLIMITED_RELAY
         for index in range(count):
             relay = ServiceProcess(
                 module="services.relay",
@@ -217,6 +228,7 @@ class BenchStack:
                     "MESSENGER_RELAY_AMQP_PORT": str(self.node.amqp_port),
                     "MESSENGER_RELAY_AMQP_PASSWORD": self.node.service_passwords["relay"],
                     "MESSENGER_RELAY_LOG_LEVEL": "WARNING",
+                    **limits,
                     **overrides,
                 },
                 log_path=self.workdir / f"relay-{index}.log",

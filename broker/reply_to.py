@@ -26,7 +26,8 @@ def answerable(address: str | None) -> bool:
 
 
 def reply_to_node(address: str | None) -> str | None:
-    """The node named in a direct reply-to address, None for any other address.
+    """The node named in a direct reply-to address, None for any other address (or one
+    whose pid is not exactly a pid).
 
     The pid is in Erlang's external term format, its node an atom: the real node name
     (RabbitMQ before 3.10), or a stand-in `reply@<hash of the node name>` (3.10+). Either is
@@ -50,6 +51,8 @@ def reply_to_node(address: str | None) -> str | None:
     else:
         return None
     name = raw[start : start + length]
-    if len(name) != length or not name:
+    # then ID, serial, creation: 4 + 4 + 4 bytes (NEW_PID_EXT) or 4 + 4 + 1 (PID_EXT), and
+    # nothing more: a pid the broker cannot decode must not count as one of a known node
+    if len(name) != length or not name or len(raw) != start + length + (12 if raw[1] == 88 else 9):
         return None
     return name.decode("utf-8", errors="replace")

@@ -157,6 +157,14 @@ class Session(WireModel):
     expires_at: datetime
 
 
+class SessionInfo(WireModel):
+    """`GET /v1/sessions/current`: whose session a token is, and until when. A client asks
+    it to tell a revoked session (401) from a broker that could not check the login."""
+
+    username: str
+    expires_at: datetime
+
+
 class Meta(WireModel):
     """`GET /v1/meta`: where clients reach the broker.
 

@@ -31,7 +31,8 @@ NOTIFY_SENDER_HEADER = "messenger-notify-sender"
 
 
 def check_text(value: str) -> str:
-    """Text is 1..10,000 characters after trimming, with no control character but \\n and \\t."""
+    """Text is 1..10,000 characters after trimming, with no control character but \\n and \\t,
+    and no lone surrogate (legal in JSON as `\\ud800`, but no UTF-8 text can hold one)."""
     stripped = value.strip()
     if not stripped:
         raise ValueError("text must not be empty")
@@ -40,6 +41,8 @@ def check_text(value: str) -> str:
     for char in stripped:
         if (ord(char) < 32 or 127 <= ord(char) < 160) and char not in _ALLOWED_CONTROLS:
             raise ValueError(f"text must not contain the control character U+{ord(char):04X}")
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            raise ValueError(f"text must not contain the lone surrogate U+{ord(char):04X}")
     return stripped
 
 
@@ -79,7 +82,8 @@ class SendRequest(WireModel):
     text: Text
 
 
-RejectReason = Literal["unknown_recipient", "invalid", "inbox_full"]
+# rate_limited: the sender (or sender -> recipient) sent faster than the relay's limits allow.
+RejectReason = Literal["unknown_recipient", "invalid", "inbox_full", "rate_limited"]
 
 
 class RelayAnswer(WireModel):

@@ -4,7 +4,10 @@ Three threads, each owning what it touches: the prompt (prompt_toolkit, main thr
 inbox consumer (its own broker connection, with the library's InboxConsumer and a Sender for
 receipts; stores, shows, receipts, acks) and the sender (its own broker connection and
 Sender; sends what the prompt hands it, one at a time, in order). Reconnecting is the
-library's: the consumer keeps at it for as long as the chat runs, and says so on screen.
+library's (connection.py): both connections keep at it for as long as the chat runs, the
+consumer's says so on screen (`offline: …`, `back online …`). A line typed while offline
+waits in the sender's queue, marked `queued, will send when back online`, and goes out
+when the connection returns; one still waiting when the chat ends is listed as not sent.
 `patch_stdout` makes whatever the other two print appear above the line being typed, which
 prompt_toolkit then redraws intact. (prompt_toolkit is imported only when a chat starts: the
 other commands start faster without it.)
@@ -12,6 +15,7 @@ other commands start faster without it.)
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
@@ -41,6 +45,8 @@ from clients.library.devices import DeviceFeed
 from clients.library.errors import (
     AccountDeleted,
     AuthenticationFailed,
+    BrokerRefused,
+    DeliveryUncertain,
     InvalidInput,
     MessageRejected,
     MessengerError,
@@ -58,6 +64,9 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 BACKLOG = 20
+# Between lines the sender looks at its connection this often (a loss is noticed, and
+# mended, before the next line is typed).
+KEEP_ALIVE_SECONDS = 0.5
 QUIT_COMMANDS = {"/quit", "/exit", "/q"}
 HEADER_HINT = "Enter sends · /quit or Ctrl-D leaves"
 HELP_LINE = (
@@ -100,59 +109,124 @@ class ChatScreen:
         covers the earlier ones too: one line names the newest)."""
         if message.recipient != self.peer:
             return
-        preview = clean(message.text).replace("\n", " ")
-        if len(preview) > 40:
-            preview = preview[:39] + "…"
         color = "blue" if message.status == "read" else "green"
-        self.line(self.paint(f"        ✓✓ {message.status}: {preview}", color))
+        self.line(self.paint(f"        ✓✓ {message.status}: {self.preview(message.text)}", color))
 
     def problem(self, message: str, hint: str | None = None) -> None:
         self.line(error_line(message, hint, prefix="✗"))
 
+    def status(self, text: str) -> None:
+        """`offline: …`, `back online …`: the connection's state, from the library."""
+        self.line(self.paint(text, "yellow" if text.startswith(("offline", "still")) else "dim"))
+
+    def preview(self, text: str) -> str:
+        one_line = clean(text).replace("\n", " ")
+        return one_line if len(one_line) <= 40 else one_line[:39] + "…"
+
 
 class ChatSender(threading.Thread):
-    """Sends what the prompt queues, in order, on a connection no other thread touches."""
+    """Sends what the prompt queues, in order, on a connection no other thread touches.
+    Between lines it keeps the connection alive (reconnecting as soon as it is lost), and a
+    send waits out an outage: the line goes when the broker is back, published again under
+    the same client id if it was on its way when the connection went (shown once)."""
 
     def __init__(self, connection: Connection, history: History, screen: ChatScreen) -> None:
         super().__init__(name="chat-sender", daemon=True)
         self._connection = connection
-        self._sender = Sender(connection)
+        self.stopping = threading.Event()
+        self._sender = Sender(connection, interrupt=self.stopping, reconnect_window=FOREVER)
         self._history = history
         self._screen = screen
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._unsent: list[str] = []  # typed, not sent yet (the one being sent included)
+        self._lock = threading.Lock()
 
-    def submit(self, text: str) -> None:
+    @property
+    def offline(self) -> bool:
+        return self._connection.outage.offline
+
+    def submit(self, text: str, offline: bool = False) -> None:
+        """Queue a line; `offline` (or this connection being offline) says so on screen."""
+        with self._lock:
+            self._unsent.append(text)
+        if offline or self.offline:
+            self._screen.line(
+                self._screen.paint(
+                    f"        … queued, will send when back online: {self._screen.preview(text)}",
+                    "yellow",
+                )
+            )
         self._queue.put(text)
 
-    def finish(self, timeout: float) -> None:
+    def finish(self, timeout: float, offline: bool = False) -> None:
+        """Send what is queued, unless offline; then list what was not sent."""
         self._queue.put(None)
-        self.join(timeout)
+        if not (offline or self.offline):
+            self.join(timeout)
+        self.stopping.set()  # ends a wait to reconnect
+        self.join(5)
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+        for text in unsent:
+            self._screen.problem(
+                f"not sent (the chat ended while offline): {self._screen.preview(text)}"
+            )
 
     def run(self) -> None:
         try:
-            while (text := self._queue.get()) is not None:
-                self._send(text)
+            while (text := self._next()) is not None:
+                if self._send(text):
+                    with self._lock, contextlib.suppress(ValueError):
+                        self._unsent.remove(text)
         finally:
             self._connection.close()
 
-    def _send(self, raw: str) -> None:
+    def _next(self) -> str | None:
+        """The next line; while none comes, keep the connection open (or reopen it)."""
+        while not self.stopping.is_set():
+            try:
+                return self._queue.get(timeout=KEEP_ALIVE_SECONDS)
+            except queue.Empty:
+                try:
+                    self._sender.keep_alive()
+                except MessengerError:
+                    if self.stopping.is_set():
+                        return None
+                    raise
+        return None
+
+    def _send(self, raw: str) -> bool:
+        """Send one line and say what became of it; False when the chat ended while the
+        line waited for the connection (finish() lists it as not sent)."""
         peer = self._screen.peer
         try:
             to, text = validated(peer, raw)
             answer = self._sender.send(to, text, timeout=ANSWER_TIMEOUT)
-        except MessageRejected as exc:
-            error = explain_rejection(exc, peer, self._screen.names)
-            self._screen.problem(str(error), error.hint)
-        except NotConfirmed as exc:
-            stored = record_queued(self._history, peer, raw, exc)
-            self._screen.message(stored)
         except MessengerError as exc:
-            self._screen.problem(f"not sent: {exc}", exc.hint)
+            settled = MessageRejected | NotConfirmed | DeliveryUncertain | InvalidInput
+            if self.stopping.is_set() and not isinstance(exc, settled):
+                return False
+            self._failed(raw, exc)
         else:
             stored = record_sent(self._history, to, text, answer)
             self._screen.message(stored)
             if not stored.shown:  # a note to self: seen here, not again by `inbox`
                 self._history.mark_shown_many([stored.id])
+        return True
+
+    def _failed(self, raw: str, error: MessengerError) -> None:
+        """Say what became of the line: refused, held by the broker (… queued), or what
+        else is true of it (the library's error says whether it was sent)."""
+        peer = self._screen.peer
+        if isinstance(error, MessageRejected):
+            explained = explain_rejection(error, peer, self._screen.names)
+            self._screen.problem(str(explained), explained.hint)
+        elif isinstance(error, NotConfirmed):
+            self._screen.message(record_queued(self._history, peer, raw, error))
+        elif isinstance(error, InvalidInput | BrokerRefused):
+            self._screen.problem(f"not sent: {error}", error.hint)
+        else:
+            self._screen.problem(str(error), error.hint)
 
 
 class ChatConsumer(threading.Thread):
@@ -200,7 +274,8 @@ class ChatConsumer(threading.Thread):
         device_since: datetime | None = None,
     ) -> ChatConsumer:
         inbox = InboxConsumer(connection)
-        receipts = Sender(connection, interrupt=inbox.stopping)
+        receipts = Sender(connection, interrupt=inbox.stopping, reconnect_window=FOREVER)
+        connection.outage.report = screen.status
         feed = DeviceFeed(
             inbox,
             connection,
@@ -232,16 +307,11 @@ class ChatConsumer(threading.Thread):
                 self._receiver.on_receipt,
                 self._receiver.on_synced,
                 give_up_after=FOREVER,
-                on_lost=self._lost,
-                on_back=lambda: self._screen.line(self._screen.paint("reconnected", "dim")),
             )
         except MessengerError as exc:
             self._on_failure(exc)
         finally:
             self._close()
-
-    def _lost(self, error: MessengerError) -> None:
-        self._screen.problem(f"{error}", "reconnecting")
 
 
 class ChatPrompt:
@@ -334,13 +404,14 @@ def chat(
             device_since=session.device_since,
         )
         sender = ChatSender(sending, history, screen)
+        online = receiving.outage
         with patch_stdout(raw=True):
             consumer.start()
             sender.start()
             try:
-                _converse(prompt, sender, screen)
+                _converse(prompt, sender, screen, lambda: online.offline)
             finally:
-                sender.finish(timeout=ANSWER_TIMEOUT + 5)
+                sender.finish(timeout=ANSWER_TIMEOUT + 5, offline=online.offline)
                 consumer.stop()
                 consumer.join(timeout=5)
         if prompt.failure is not None:
@@ -357,11 +428,13 @@ def _peer_display_name(cli: Cli, token: str, peer: str) -> str:
         return DELETED_USER
 
 
-def _converse(prompt: ChatPrompt, sender: ChatSender, screen: ChatScreen) -> None:
+def _converse(
+    prompt: ChatPrompt, sender: ChatSender, screen: ChatScreen, offline: Callable[[], bool]
+) -> None:
     while (line := prompt.read()) is not None:
         command = line.strip()
         if command.startswith("//"):  # the escape for text that starts with a slash
-            sender.submit(line.replace("//", "/", 1))
+            sender.submit(line.replace("//", "/", 1), offline())
         elif command.startswith("/"):
             word = command.split()[0]
             if word in QUIT_COMMANDS:
@@ -370,4 +443,4 @@ def _converse(prompt: ChatPrompt, sender: ChatSender, screen: ChatScreen) -> Non
                 screen.problem(f"no command {word}; nothing was sent")
             screen.line(screen.paint(HELP_LINE, "dim"))
         elif command:
-            sender.submit(line)
+            sender.submit(line, offline())

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import typer
 
 from clients.library.accounts import AccountsClient
-from clients.library.connection import Connection
+from clients.library.connection import RECONNECT_WINDOW_SECONDS, Connection
 from clients.library.conversations import ConversationsClient
 from clients.library.errors import (
     AccountDeleted,
@@ -34,6 +34,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 # How a person whose account is gone is shown (the server answers 410 for their name).
 DELETED_USER = "deleted user"
 NAME_LOOKUP_TIMEOUT = 3.0
+# While reconnecting: `GET /v1/meta` and `GET /v1/sessions/current` must not hold it up.
+RECOVERY_TIMEOUT = 2.0
 
 
 @dataclass
@@ -122,14 +124,27 @@ class Cli:
     def history(self, session: StoredSession) -> History:
         return History(self.paths.history_file(session.username), session.username)
 
-    def connect(self, session: StoredSession, meta: Meta | None = None) -> MessengerConnection:
+    def connect(
+        self,
+        session: StoredSession,
+        meta: Meta | None = None,
+        reconnect_window: float = RECONNECT_WINDOW_SECONDS,
+    ) -> MessengerConnection:
         """A broker connection as the session's user; a refused login points at `login`."""
-        return MessengerConnection(self.broker(session, meta))
+        return MessengerConnection(self.broker(session, meta), reconnect_window)
 
     def broker(self, session: StoredSession, meta: Meta | None = None) -> Connection:
-        """The bare connection, for whoever composes the library's parts (chat)."""
+        """The bare connection, for whoever composes the library's parts (chat). It asks
+        the server for the broker's address again when it reconnects, and whether the
+        session is still valid when the broker refuses it."""
         try:
-            return Connection.open(meta or self.meta(), session.username, session.token)
+            return Connection.open(
+                meta or self.meta(),
+                session.username,
+                session.token,
+                discover=lambda: self.meta(RECOVERY_TIMEOUT),
+                check_session=lambda: self.session_valid(session),
+            )
         except LoginRefused as exc:
             exc.hint = (
                 "your session may have expired or been revoked; log in again with"
@@ -137,8 +152,20 @@ class Cli:
             )
             raise
 
-    def meta(self) -> Meta:
-        with self.accounts() as accounts:
+    def session_valid(self, session: StoredSession) -> bool | None:
+        """What the account API says of the session: valid, gone (401), or None when it
+        cannot be asked."""
+        try:
+            with self.accounts(RECOVERY_TIMEOUT) as accounts:
+                info = accounts.current_session(session.token)
+        except (AuthenticationFailed, NotFound):  # NotFound: a server without the endpoint
+            return False
+        except MessengerError:
+            return None
+        return info.username == session.username
+
+    def meta(self, timeout: float | None = None) -> Meta:
+        with self.accounts(timeout) as accounts:
             meta = accounts.meta()
         if meta.protocol_version != PROTOCOL_VERSION:
             raise ServerError(

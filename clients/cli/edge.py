@@ -55,6 +55,12 @@ def report(error: MessengerError) -> int:
 def run(command: typer.Typer, args: Sequence[str], prog_name: str = "messenger") -> int:
     """Run the typer app like a shell would, and return the exit code instead of raising."""
     debug = bool(os.environ.get("MESSENGER_DEBUG"))
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s: %(message)s")
+    elif not logging.getLogger().handlers:
+        # The library's (and pika's) log lines are for debugging: a person sees the
+        # status lines and errors the commands print, never a raw log record.
+        logging.getLogger().addHandler(logging.NullHandler())
     undecodable = _undecodable_argument(args)
     if undecodable is not None:
         err(

@@ -31,6 +31,7 @@ import typer
 from clients.cli.context import cli_of, logged_in
 from clients.cli.edge import EXIT_CODES_HELP, error_line
 from clients.cli.output import Painter, err, json_line, message_line, out
+from clients.library.connection import FOREVER, RECONNECT_WINDOW_SECONDS
 from clients.library.conversations import ConversationsClient
 from clients.library.devices import DeviceFeed
 from clients.library.errors import MessengerError
@@ -168,10 +169,18 @@ def sync_warning() -> Callable[[MessengerError], None]:
 
 
 def _receive(ctx: typer.Context, as_json: bool, idle_timeout: float | None) -> int:
+    """`inbox` (an idle timeout) reconnects for a while and fails; `listen` (none) for as
+    long as it runs, with a status line on stderr when it goes offline and comes back."""
     cli = cli_of(ctx)
     with logged_in(cli) as (session, history, names):
         session = cli.with_device(session)
-        with cli.conversations(session) as api, cli.connect(session) as connection:
+        window = RECONNECT_WINDOW_SECONDS if idle_timeout is not None else FOREVER
+        with (
+            cli.conversations(session) as api,
+            cli.connect(session, reconnect_window=window) as connection,
+        ):
+            if idle_timeout is None:
+                connection.connection.outage.report = _status_line
             receiver = Receiver(
                 history,
                 show=_printer(session.username, as_json, names),
@@ -194,8 +203,15 @@ def _receive(ctx: typer.Context, as_json: bool, idle_timeout: float | None) -> i
                     receiver.on_receipt,
                     receiver.on_synced,
                     idle_timeout=idle_timeout,
+                    give_up_after=window,
                 )
         return receiver.shown
+
+
+def _status_line(text: str) -> None:
+    """`offline: …` / `back online …`: on stderr, so `listen --json` stays parseable."""
+    paint = Painter.for_stream(sys.stderr)
+    err(paint(text, "yellow" if text.startswith(("offline", "still")) else "green"))
 
 
 class _StopOnSignals:
@@ -227,7 +243,8 @@ def inbox(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 @app.command(epilog=EXIT_CODES_HELP)
 def listen(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Print messages as they arrive, until Ctrl-C."""
+    """Print messages as they arrive, until Ctrl-C. When the server goes away, a line on
+    stderr says so, and it reconnects by itself for as long as it runs."""
     if not as_json and sys.stderr.isatty():
         err("Listening for messages; Ctrl-C stops.")
     _receive(ctx, as_json, None)

@@ -52,6 +52,11 @@ def explain_rejection(
             MessageRejected(f"the inbox of {who} is full; nothing was sent", error.reason),
             "try again later, once they have read their messages",
         )
+    if error.reason == "rate_limited":  # the library's message already says "slow down: ..."
+        return _hinted(
+            MessageRejected(f"{error}; nothing was sent", error.reason),
+            "wait a few seconds, then send it again",
+        )
     return MessageRejected(f"the message was refused as invalid: {error}", error.reason)
 
 

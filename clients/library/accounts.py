@@ -21,17 +21,18 @@ from clients.library.errors import (
     ServerError,
     ServerUnreachable,
 )
-from protocol.accounts import Meta, Session, UserPublic
+from protocol.accounts import Meta, Session, SessionInfo, UserPublic
 from protocol.conversations import DeviceInfo
 
-M = TypeVar("M", Session, UserPublic, Meta)
+M = TypeVar("M", Session, SessionInfo, UserPublic, Meta)
 
 DEFAULT_TIMEOUT = 10.0
 USER_AGENT = "messenger-cli/1"
 
 
 class AccountsClient:
-    """`POST /v1/users`, `POST|DELETE /v1/sessions`, `GET /v1/users/{u}`, `GET /v1/meta`."""
+    """`POST /v1/users`, `POST /v1/sessions`, `GET|DELETE /v1/sessions/current`,
+    `GET /v1/users/{u}`, `GET /v1/meta`."""
 
     def __init__(
         self,
@@ -107,6 +108,13 @@ class AccountsClient:
         if response.status_code == 401:
             return
         self._raise_for_status(response)
+
+    def current_session(self, token: str) -> SessionInfo:
+        """Whose session `token` is; AuthenticationFailed (401) once it expired or was
+        revoked."""
+        response = self._request("GET", "/v1/sessions/current", token=token)
+        self._raise_for_status(response)
+        return self._parse(response, SessionInfo)
 
     def user(self, username: str, token: str | None = None) -> UserPublic:
         response = self._request("GET", f"/v1/users/{username}", token=token)

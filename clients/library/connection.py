@@ -4,12 +4,19 @@ One `Connection` is one pika `BlockingConnection` at a time: use it from one thr
 `wake()` may be called from another). `GET /v1/meta` lists every broker node (`amqp_urls`);
 `open()` connects to the first that answers; when the connection is lost, `reconnect()`
 moves to the next node (no wait until every node has failed in a row, then the capped
-backoff of broker/nodes.py). Whoever uses the connection learns that it changed from
+backoff of broker/nodes.py: 0.5 s, then every second, so a client is back within about a
+second of the broker). Whoever uses the connection learns that it changed from
 `generation`; what must happen on the new one before anything else (the sender publishing
 again what is unanswered) is registered with `add_resume_hook()`.
 
-The nodes come from the `Meta` given to `open()`. Fetching `GET /v1/meta` again on a
-reconnect, should the server move its nodes, belongs in `reconnect()`.
+All of a client's recovery is here, so every client behaves alike:
+- while it waits between attempts it asks `GET /v1/meta` again (`discover`), at most every
+  META_REFRESH_SECONDS: a server that came back elsewhere is found there;
+- a refused login is final only when the account API says the session is gone
+  (`check_session` answers False, from a 401); while it cannot say (the auth service is
+  restarting, and the broker refuses every login it cannot check) it is one more failed
+  attempt (LoginUnchecked);
+- `outage` (outage.py) turns the attempts into a few lines a person reads.
 """
 
 from __future__ import annotations
@@ -32,16 +39,22 @@ from clients.library.errors import (
     BrokerRefused,
     BrokerUnreachable,
     LoginRefused,
+    LoginUnchecked,
     MessengerError,
     QueueMissing,
 )
+from clients.library.outage import Outage, reason
 from protocol.accounts import Meta, connection_name
 
 logger = logging.getLogger(__name__)
 
 # How long a consumer or a sender keeps reconnecting (to each node in turn) before it gives up.
 RECONNECT_WINDOW_SECONDS = 60.0
-RECONNECT_MAX_DELAY_SECONDS = 5.0
+# A refused connection costs the broker nothing: retrying every second brings a client back
+# within about a second of the broker (and the first message with it).
+RECONNECT_MAX_DELAY_SECONDS = 1.0
+# While reconnecting, `GET /v1/meta` again at most this often (the broker may have moved).
+META_REFRESH_SECONDS = 2.0
 # `ensure_open` polls the socket (to notice a close the broker made meanwhile) only when
 # the connection has seen no I/O for this long: a busy sender pays no poll per message.
 IDLE_CHECK_SECONDS = 1.0
@@ -49,44 +62,58 @@ IDLE_CHECK_SECONDS = 1.0
 FOREVER = math.inf
 
 
+# Answers the account API about a session: True valid, False gone (401), None unknown.
+SessionCheck = Callable[[], "bool | None"]
+
+
 class Connection:
-    def __init__(self, nodes: Sequence[pika.ConnectionParameters], username: str) -> None:
-        """Use `open()`; this connects at once, to the first of `nodes` that answers."""
+    def __init__(
+        self,
+        nodes: Sequence[pika.ConnectionParameters],
+        username: str,
+        *,
+        discover: Callable[[], Sequence[pika.ConnectionParameters]] | None = None,
+        check_session: SessionCheck | None = None,
+    ) -> None:
+        """Use `open()`; this connects at once, to the first of `nodes` that answers.
+        `discover()` gives the nodes anew (from `GET /v1/meta`); `check_session` see above."""
         self.username = username
         self._nodes = NodeRotation(list(nodes), max_delay=RECONNECT_MAX_DELAY_SECONDS)
+        self._discover = discover
+        self._discovered_at = time.monotonic()
+        self._check_session = check_session
         self._resume_hooks: list[Callable[[], None]] = []
+        self.outage = Outage()  # set `outage.report` to show its lines to a person
         self._pika = self._connect(deadline=None)
         self.generation = 1  # one more each time the pika connection is replaced
         self._io_at = time.monotonic()  # the last I/O turn
 
     @classmethod
-    def open(cls, meta: Meta, username: str, secret: str) -> Connection:
+    def open(
+        cls,
+        meta: Meta,
+        username: str,
+        secret: str,
+        *,
+        discover: Callable[[], Meta] | None = None,
+        check_session: SessionCheck | None = None,
+    ) -> Connection:
         """Log in to the broker `meta` names (any of its nodes); `secret` is a session token
-        or the password. The connection is named after the session (protocol.accounts), so
-        the auth service closes it when the session ends; log in with a token (the CLI
-        always does): a password has no session, and its name's tag would be a fast hash of
-        it that broker operators can see."""
-        nodes = []
-        for url in meta.broker_urls():
-            try:
-                node = parse_amqp_url(url)
-            except ValueError:
-                raise BrokerUnreachable(
-                    f"the server announced an unusable broker URL {url!r}"
-                ) from None
-            nodes.append(
-                connection_parameters(
-                    node,
-                    vhost=meta.vhost,
-                    username=username,
-                    password=secret,
-                    # The auth service closes it when the session ends (protocol.accounts).
-                    name=connection_name(username, secret),
-                    heartbeat=60,
-                    blocked_connection_timeout=30,
-                )
-            )
-        return cls(nodes, username)
+        or the password; `discover()` fetches `GET /v1/meta` again. The connection is named
+        after the session (protocol.accounts), so the auth service closes it when the
+        session ends; log in with a token (the CLI always does): a password has no session,
+        and its name's tag would be a fast hash of it that broker operators can see."""
+
+        def nodes_of_fresh_meta() -> list[pika.ConnectionParameters]:
+            assert discover is not None
+            return broker_nodes(discover(), username, secret)
+
+        return cls(
+            broker_nodes(meta, username, secret),
+            username,
+            discover=nodes_of_fresh_meta if discover is not None else None,
+            check_session=check_session,
+        )
 
     @property
     def is_open(self) -> bool:
@@ -130,8 +157,11 @@ class Connection:
         from it counts as one more lost connection."""
         self._resume_hooks.append(hook)
 
-    def ensure_open(self) -> None:
-        """Reopen (before publishing anything) a connection the broker dropped while idle."""
+    def ensure_open(
+        self, window: float | None = None, interrupt: threading.Event | None = None
+    ) -> None:
+        """Reopen (before publishing anything) a connection the broker dropped while idle:
+        one round over the nodes, or for up to `window` s (FOREVER: until `interrupt`)."""
         if self._pika.is_open:
             if time.monotonic() - self._io_at < IDLE_CHECK_SECONDS:
                 return  # busy: a close would have been noticed in the last I/O turn
@@ -139,7 +169,10 @@ class Connection:
                 self.pump(0)  # notice a close that already happened
         if not self._pika.is_open:
             logger.info("reconnecting to the broker")
-            self._replace(self._connect(deadline=None, moving_on=True))
+            deadline = None if window is None else time.monotonic() + window
+            self._replace(self._connect(deadline, moving_on=True, interrupt=interrupt))
+            for hook in self._resume_hooks:
+                hook()
 
     def reconnect(
         self,
@@ -151,10 +184,11 @@ class Connection:
         `window` s (FOREVER: until `interrupt` is set), then run the resume hooks."""
         deadline = time.monotonic() + window
         while True:
-            logger.warning(
-                "lost the broker at %s (%s); moving to the next node",
-                node_of(self._nodes.current),
-                describe(lost),
+            several = len(self._nodes.nodes) > 1
+            logger.info(
+                "%s%s",
+                reason(lost, node_of(self._nodes.current)),
+                "; moving to the next node" if several else "; connecting again",
             )
             self.close()
             self._replace(self._connect(deadline, moving_on=True, interrupt=interrupt))
@@ -209,37 +243,115 @@ class Connection:
     ) -> pika.BlockingConnection:
         """Connect to the current node, or the ones after it. `moving_on`: the current node
         just failed, start with the next. Without a `deadline`, one round over the nodes;
-        with one, rounds (with growing pauses) until it passes. A refused login is final."""
+        with one, rounds (with growing pauses) until it passes. A refused login is final
+        once the account API says the session is gone (see the module's docstring)."""
         delay = self._nodes.failed() if moving_on else 0.0
         errors: dict[str, BrokerUnreachable] = {}
+        last: BaseException | None = None
         while True:
             if self._nodes.round_failed and errors:
                 if deadline is None or time.monotonic() + delay > deadline:
                     raise _unreachable(errors)
+                assert last is not None
+                self.outage.failed(reason(last, next(reversed(errors))), delay)
                 if interrupt is None:
                     time.sleep(delay)
                 elif interrupt.wait(delay):
                     raise BrokerUnreachable("stopped while reconnecting to the broker")
+                self._rediscover()
             parameters = self._nodes.current
+            where = node_of(parameters)
             try:
-                connection = _open(parameters, self.username)
-            except BrokerUnreachable as exc:
-                errors[node_of(parameters)] = exc
-                delay = self._nodes.failed()
-                continue
-            self._nodes.succeeded()
-            if errors:
-                logger.info("connected to the broker at %s", node_of(parameters))
-            return connection
+                connection = pika.BlockingConnection(parameters)
+            except pika.exceptions.ProbableAuthenticationError as exc:
+                refused = _connection_error(exc, parameters, self.username)
+                valid = self._session_check()
+                if valid is False:
+                    raise refused from None
+                why = "the session is valid" if valid else "its account service does not answer"
+                last = errors[where] = LoginUnchecked(
+                    f"the server at {where} cannot check logins right now ({why})",
+                    hint="nothing was sent; try again in a moment",
+                )
+            except pika.exceptions.AMQPError as exc:
+                error = _connection_error(exc, parameters, self.username)
+                if not isinstance(error, BrokerUnreachable):
+                    raise error from None
+                errors[where], last = error, exc
+            else:
+                self._nodes.succeeded()
+                if errors:
+                    logger.info("connected to the broker at %s", where)
+                self.outage.recovered()
+                return connection
+            delay = self._nodes.failed()
+
+    def session_check(self) -> bool | None:
+        """The account API's word on the session (see `_session_check`)."""
+        return self._session_check()
+
+    def _session_check(self) -> bool | None:
+        """After a refused login, the account API's word on the session: False (a 401)
+        makes the refusal final; True or None (it cannot be asked) make it one more failed
+        attempt. Without anybody to ask (a password login, a test), the broker is right."""
+        if self._check_session is None:
+            return False
+        try:
+            valid = self._check_session()
+        except MessengerError:
+            valid = None
+        if valid is not False:
+            logger.info(
+                "the broker refused the login of a session that is %s",
+                "valid" if valid else "not known to be invalid",
+            )
+        return valid
+
+    def _rediscover(self) -> None:
+        """Ask `GET /v1/meta` again (at most every META_REFRESH_SECONDS); move to the nodes
+        it names if they changed. A server that does not answer leaves the nodes as they are."""
+        if self._discover is None:
+            return
+        if time.monotonic() - self._discovered_at < META_REFRESH_SECONDS:
+            return
+        self._discovered_at = time.monotonic()
+        try:
+            nodes = list(self._discover())
+        except MessengerError as exc:
+            logger.debug("GET /v1/meta failed while reconnecting: %s", exc)
+            return
+        if [_address(n) for n in nodes] != [_address(n) for n in self._nodes.nodes]:
+            logger.info("the server moved its broker to %s", ", ".join(map(node_of, nodes)))
+            self._nodes = NodeRotation(nodes, max_delay=RECONNECT_MAX_DELAY_SECONDS)
 
 
-def _open(parameters: pika.ConnectionParameters, username: str) -> pika.BlockingConnection:
-    try:
-        return pika.BlockingConnection(parameters)
-    except pika.exceptions.AMQPConnectionError as exc:
-        raise _connection_error(exc, parameters, username) from None
-    except pika.exceptions.AMQPError as exc:
-        raise BrokerUnreachable(f"cannot connect to the broker ({describe(exc)})") from None
+def broker_nodes(meta: Meta, username: str, secret: str) -> list[pika.ConnectionParameters]:
+    """The connection parameters of every node `meta` names, logged in as `username`."""
+    nodes = []
+    for url in meta.broker_urls():
+        try:
+            node = parse_amqp_url(url)
+        except ValueError:
+            raise BrokerUnreachable(
+                f"the server announced an unusable broker URL {url!r}"
+            ) from None
+        nodes.append(
+            connection_parameters(
+                node,
+                vhost=meta.vhost,
+                username=username,
+                password=secret,
+                # The auth service closes it when the session ends (protocol.accounts).
+                name=connection_name(username, secret),
+                heartbeat=60,
+                blocked_connection_timeout=30,
+            )
+        )
+    return nodes
+
+
+def _address(parameters: pika.ConnectionParameters) -> tuple[str, int, str]:
+    return (parameters.host, parameters.port, parameters.virtual_host)
 
 
 def _unreachable(errors: dict[str, BrokerUnreachable]) -> BrokerUnreachable:
@@ -253,7 +365,7 @@ def _unreachable(errors: dict[str, BrokerUnreachable]) -> BrokerUnreachable:
 
 
 def _connection_error(
-    exc: pika.exceptions.AMQPConnectionError, parameters: pika.ConnectionParameters, username: str
+    exc: pika.exceptions.AMQPError, parameters: pika.ConnectionParameters, username: str
 ) -> MessengerError:
     where = node_of(parameters)
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
@@ -266,10 +378,8 @@ def _connection_error(
     if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
         if classify(exc) is Failure.REFUSED:
             return BrokerRefused(f"the broker refused {username!r}: {exc.reply_text}")
-        return BrokerUnreachable(f"the broker at {where} closed the connection ({exc.reply_text})")
-    return BrokerUnreachable(
-        f"cannot reach the broker at {where} ({describe(exc)})", hint="is the server running?"
-    )
+        return BrokerUnreachable(f"{reason(exc, where)} ({exc.reply_text})")
+    return BrokerUnreachable(reason(exc, where), hint="is the server running?")
 
 
 def _channel_error(exc: pika.exceptions.ChannelClosedByBroker, username: str) -> MessengerError:

@@ -76,12 +76,28 @@ class LoginRefused(BrokerRefused):
     """The broker refused the login itself: a wrong secret, or a session that expired."""
 
 
+class LoginUnchecked(BrokerUnreachable):
+    """The broker refused the login, but the account API does not say the session is
+    invalid: the broker could not ask the auth service (it is restarting). Try again."""
+
+
 class MessageRejected(MessengerError):
-    """The relay answered `rejected`: unknown recipient, invalid message, full inbox."""
+    """The relay answered `rejected`: unknown recipient, invalid message, full inbox, or
+    rate_limited (the message reads "slow down: ...")."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class PermissionUnchecked(BrokerUnreachable):
+    """The broker refused a publish because it could not ask the auth service (down or
+    restarting), while the session is valid: nothing was sent; try again."""
+
+
+class DeliveryUncertain(BrokerUnreachable):
+    """The message was published, but the broker never confirmed it: it is delivered if the
+    broker had stored it. Sending it again could deliver it twice."""
 
 
 class NotConfirmed(MessengerError):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from broker.backoff import backoff_delay
 from clients.library.errors import (
     BrokerRefused,
-    BrokerUnreachable,
+    DeliveryUncertain,
     MessageRejected,
     MessengerError,
     NotConfirmed,
@@ -176,8 +176,13 @@ class SendLedger:
 
     # -- giving up -------------------------------------------------------------------------
 
-    def unanswered_error(self, client_id: str, timeout: float, sender: str) -> MessengerError:
-        """Why `client_id` has no answer after `timeout` s, as the error to raise; forgets it."""
+    def unanswered_error(
+        self, client_id: str, timeout: float, sender: str, lost: BaseException | None = None
+    ) -> MessengerError:
+        """Why `client_id` has no answer after `timeout` s (or after the connection was
+        `lost` for good), as the error to raise, saying what is true of the message: the
+        broker holds it (it confirmed it), it was not accepted (nacked), or nobody can know
+        (published, unconfirmed): never an invitation to send it again. Forgets it."""
         nacked, confirmed = client_id in self._nacked, client_id in self._confirmed
         outgoing = self._outgoing.get(client_id)
         self.forget(client_id)
@@ -185,11 +190,16 @@ class SendLedger:
             return BrokerRefused("the broker did not accept the message; it was not sent")
         if confirmed:
             return NotConfirmed(
-                f"the relay did not answer within {timeout:g} s; the broker holds the message",
+                f"the broker holds the message; the relay has not answered within {timeout:g} s",
                 client_id,
                 stable_id(sender, client_id, outgoing.sent_ms) if outgoing else None,
             )
-        return BrokerUnreachable(
-            f"the broker did not confirm the message within {timeout:g} s; "
-            "it may not have been sent"
+        why = (
+            f"the connection to the broker was lost ({lost}) before it confirmed the message"
+            if lost is not None
+            else f"the broker has not confirmed the message within {timeout:g} s"
+        )
+        return DeliveryUncertain(
+            f"{why}; if it had stored it, it will be delivered",
+            hint="sending it again could deliver it twice; ask the recipient first",
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from clients.library.connection import Connection
+from clients.library.connection import RECONNECT_WINDOW_SECONDS, Connection
 from clients.library.consumer import InboxConsumer
 from clients.library.sender import Sender
 from protocol.accounts import Meta
@@ -28,12 +28,19 @@ class MessengerConnection(Sender):
     """A user's AMQP connection: send through the relay (Sender's methods: `send`,
     `publish`, `collect`, `send_many`, `send_receipt`), consume the own inbox."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(
+        self, connection: Connection, reconnect_window: float = RECONNECT_WINDOW_SECONDS
+    ) -> None:
+        """`reconnect_window`: how long a lost connection is reconnected, when consuming
+        and when sending (connection.FOREVER: until stopped)."""
         self.connection = connection
         self.username = connection.username
         self.inbox = InboxConsumer(connection)
+        self.reconnect_window = reconnect_window
         # A consumer's stop() also ends a wait to reconnect for a receipt it is sending.
-        super().__init__(connection, interrupt=self.inbox.stopping)
+        super().__init__(
+            connection, interrupt=self.inbox.stopping, reconnect_window=reconnect_window
+        )
 
     @classmethod
     def open(cls, meta: Meta, username: str, secret: str) -> MessengerConnection:
@@ -55,7 +62,9 @@ class MessengerConnection(Sender):
             for message in messages:
                 on_message(message)
 
-        return self.inbox.run(on_messages, on_receipt, idle_timeout=idle_timeout)
+        return self.inbox.run(
+            on_messages, on_receipt, idle_timeout=idle_timeout, give_up_after=self.reconnect_window
+        )
 
     def consume_batches(
         self,
@@ -65,7 +74,9 @@ class MessengerConnection(Sender):
         idle_timeout: float | None = None,
     ) -> int:
         """InboxConsumer.run: a batch per I/O turn, acked once the callbacks returned."""
-        return self.inbox.run(on_messages, on_receipt, idle_timeout=idle_timeout)
+        return self.inbox.run(
+            on_messages, on_receipt, idle_timeout=idle_timeout, give_up_after=self.reconnect_window
+        )
 
     def stop(self) -> None:
         """Make `consume()` return (InboxConsumer.stop)."""

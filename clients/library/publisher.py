@@ -58,6 +58,10 @@ class Publisher:
         self._published: list[str] = []  # client ids that await the relay's answer here
         self._queued = 0  # publishes not yet flushed
         self._wake_scheduled = False
+        # Set when the broker closes this channel (a refused publish: 403 while the auth
+        # service cannot be asked): pika says so only to a blocking call, and we make none.
+        self.closed_by_broker: pika.exceptions.ChannelClosedByBroker | None = None
+        self._async.add_on_close_callback(self._on_close)
         ready: list[bool] = []
         self._async.confirm_delivery(
             ack_nack_callback=self._on_confirm, callback=lambda _f: ready.append(True)
@@ -67,6 +71,8 @@ class Publisher:
         )
         deadline = time.monotonic() + OPEN_TIMEOUT_SECONDS
         while len(ready) < 2:
+            if self.closed_by_broker is not None:
+                raise self.closed_by_broker
             if time.monotonic() > deadline:
                 raise BrokerUnreachable("the broker did not open a sending channel in time")
             connection.pump(0.1)
@@ -118,6 +124,10 @@ class Publisher:
         with contextlib.suppress(pika.exceptions.AMQPError):
             if self._channel.is_open:
                 self._channel.close()
+
+    def _on_close(self, _channel: Any, reason: Exception) -> None:
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            self.closed_by_broker = reason
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method

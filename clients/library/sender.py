@@ -23,9 +23,15 @@ import time
 from collections.abc import Iterable, Iterator
 
 import pika.exceptions
+import pika.spec
 
-from clients.library.connection import RECONNECT_WINDOW_SECONDS, Connection
-from clients.library.errors import MessageRejected
+from clients.library.connection import FOREVER, RECONNECT_WINDOW_SECONDS, Connection
+from clients.library.errors import (
+    BrokerUnreachable,
+    LoginRefused,
+    MessageRejected,
+    PermissionUnchecked,
+)
 from clients.library.ledger import SendLedger
 from clients.library.publisher import FLUSH_EVERY, Publisher
 from protocol.messages import ReceiptStatus, RelayAnswer
@@ -39,11 +45,22 @@ SLOW_SOURCE_SECONDS = 0.0005
 
 class Sender:
     """Sends on `connection` as its user; one thread at a time, like the connection.
-    `interrupt`, when set, ends a wait to reconnect (a consumer's stop, say)."""
+    `interrupt`, when set, ends a wait to reconnect (a consumer's stop, say).
+    `reconnect_window`: how long a lost connection is reconnected before giving up
+    (connection.FOREVER: until `interrupt`); with a finite one, `send()` waits no longer
+    than its `timeout` in all."""
 
-    def __init__(self, connection: Connection, interrupt: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        interrupt: threading.Event | None = None,
+        reconnect_window: float = RECONNECT_WINDOW_SECONDS,
+    ) -> None:
         self._connection = connection
         self._interrupt = interrupt
+        self._window = reconnect_window
+        self._deadline: float | None = None  # the end of the bounded send() in progress
+        self._republished = 0  # times everything unanswered was published again, refusals
         self._ledger = SendLedger()
         self._publisher: Publisher | None = None
         # Sending channels given up after a nack: kept open (on the same connection) until
@@ -57,13 +74,39 @@ class Sender:
         """Send one message and wait for the relay's answer.
 
         Returns the `accepted` answer (server `id`, `sent_at`). Raises MessageRejected
-        (`.reason`: unknown_recipient, invalid, inbox_full), NotConfirmed when the broker
-        holds the message but the relay did not answer in time, BrokerUnreachable or
-        BrokerRefused.
+        (`.reason`: unknown_recipient, invalid, inbox_full, rate_limited), NotConfirmed
+        when the broker holds the message but the relay did not answer in time,
+        BrokerUnreachable or BrokerRefused (each saying whether the message was sent).
+
+        With a finite reconnect window the whole call, reconnecting included, ends within
+        about `timeout` s. With FOREVER (a chat) a lost connection is waited out, the message
+        published again under its client id, and the relay given `timeout` s from then.
         """
-        with self._errors():
-            client_id = self._publish_send(to, text, timeout)
-            answers = self._collect([client_id], timeout, forget_missing=False)
+        bounded = self._window != FOREVER
+        self._deadline = time.monotonic() + timeout if bounded else None
+        try:
+            with self._errors():
+                publisher = self._publisher_now(timeout)  # BrokerUnreachable: nothing sent
+            client_id = None
+            try:
+                with self._errors():
+                    outgoing = self._ledger.new_send(to, text)
+                    client_id = outgoing.client_id
+                    with self._failover(timeout):  # a failover publishes it again
+                        publisher.publish(outgoing)
+                    answers = self._collect([client_id], timeout, forget_missing=False)
+            except BrokerUnreachable as exc:
+                if client_id is None:
+                    raise
+                if isinstance(exc, PermissionUnchecked):  # refused: it was not stored
+                    self._ledger.forget(client_id)
+                    raise
+                raise self._ledger.unanswered_error(
+                    client_id, timeout, self._connection.username, lost=exc
+                ) from None
+        finally:
+            self._deadline = None
+        assert client_id is not None
         answer = answers.get(client_id)
         if answer is None:
             raise self._ledger.unanswered_error(client_id, timeout, self._connection.username)
@@ -178,7 +221,10 @@ class Sender:
     def _collect(
         self, client_ids: list[str], timeout: float, *, forget_missing: bool = True
     ) -> dict[str, RelayAnswer]:
-        deadline = time.monotonic() + timeout
+        """The answers that come within `timeout` s (of the bounded send's start, or of the
+        last failover of an unbounded sender: the relay needs time for what was published
+        again)."""
+        deadline = self._deadline or time.monotonic() + timeout
         found: dict[str, RelayAnswer] = {}
         pending = list(client_ids)
         while True:
@@ -189,7 +235,10 @@ class Sender:
                 break
             if not self._publish_nacked_again(pending):
                 break
+            before = self._attempt()
             self._pump(min(left, 0.1), timeout)
+            if self._deadline is None and self._attempt() != before:
+                deadline = time.monotonic() + timeout
         for client_id in pending if forget_missing else ():
             self._ledger.forget(client_id)
         return found
@@ -239,6 +288,50 @@ class Sender:
             if self._publisher is None or not self._publisher.current_on(self._connection):
                 self._ready_publisher()  # after an error, or a consumer's failover
             self._connection.pump(time_limit)
+        if self._publisher is not None and self._publisher.closed_by_broker is not None:
+            self._publish_refused(self._publisher.closed_by_broker)
+
+    def _publish_refused(self, error: pika.exceptions.ChannelClosedByBroker) -> None:
+        """The broker closed the sending channel. A 403 for a session the account API does
+        not call gone means the broker could not ask the auth service (it restarts): wait
+        and publish everything unanswered again on a new channel, for as long as this
+        sender waits out outages (a bounded send: PermissionUnchecked, nothing was sent).
+        Anything else is the broker's refusal, raised as it is."""
+        self._publisher = None
+        while True:
+            if error.reply_code != pika.spec.ACCESS_REFUSED:
+                raise error
+            valid = self._connection.session_check()
+            if valid is False:
+                raise LoginRefused(
+                    f"the server refused {self._connection.username!r}: the session has ended",
+                    hint="log in again",
+                )
+            why = (
+                "the server cannot check permissions right now (its account service does not"
+                " answer); the message was not sent"
+            )
+            if self._deadline is not None and self._deadline - time.monotonic() < 1.0:
+                raise PermissionUnchecked(why, hint="try again in a moment")
+            self._connection.outage.failed(why.split(";")[0], 1.0)
+            if self._interrupt is not None and self._interrupt.wait(1.0):
+                raise BrokerUnreachable("stopped while waiting for the server")
+            if self._interrupt is None:
+                time.sleep(1.0)
+            try:
+                with self._failover(5.0):
+                    self._ready_publisher()  # publishes everything unanswered again
+                    self._connection.pump(0.2)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                error = exc
+                continue
+            if self._publisher is not None and self._publisher.closed_by_broker is not None:
+                error = self._publisher.closed_by_broker
+                self._publisher = None
+                continue
+            self._republished += 1
+            self._connection.outage.recovered()
+            return
 
     def _publisher_now(self, timeout: float) -> Publisher:
         """The sending channel; a new one first publishes again what is unanswered."""
@@ -247,7 +340,12 @@ class Sender:
         return self._ready_publisher()  # failed over just now
 
     def _ready_publisher(self) -> Publisher:
-        self._connection.ensure_open()
+        # One round over the nodes, unless this sender waits out outages (FOREVER) or a
+        # bounded send has time left to wait.
+        window = None
+        if self._deadline is not None or self._window == FOREVER:
+            window = self._reconnect_window()
+        self._connection.ensure_open(window, self._interrupt)
         # Channels of a connection that was lost since went with it.
         self._retired = [p for p in self._retired if p.current_on(self._connection)]
         if self._publisher is None or not self._publisher.current_on(self._connection):
@@ -261,9 +359,30 @@ class Sender:
         if self._ledger.unsettled():
             self._ready_publisher()
 
+    def _attempt(self) -> tuple[int, int]:
+        """Changes whenever everything unanswered was published again (a failover, a
+        refused channel): the relay's answers are due anew."""
+        return (self._connection.generation, self._republished)
+
+    def keep_alive(self) -> None:
+        """Between sends: notice a lost connection and reconnect now (for up to the
+        reconnect window), so the next send finds it open."""
+        with self._errors():
+            self._connection.ensure_open(self._reconnect_window(), self._interrupt)
+
+    def _reconnect_window(self) -> float:
+        """How long a lost connection may be reconnected now: the sender's window, or what
+        is left of the bounded send in progress."""
+        if self._deadline is None:
+            return self._window
+        return max(0.0, min(self._window, self._deadline - time.monotonic()))
+
     @contextlib.contextmanager
     def _failover(self, timeout: float) -> Iterator[None]:
-        with self._connection.failover(max(timeout, RECONNECT_WINDOW_SECONDS), self._interrupt):
+        window = (
+            self._reconnect_window() if self._deadline is not None else max(timeout, self._window)
+        )
+        with self._connection.failover(window, self._interrupt):
             yield
 
     @contextlib.contextmanager
@@ -280,4 +399,6 @@ def _raise_if_rejected(answer: RelayAnswer) -> RelayAnswer:
     if answer.status == "accepted":
         return answer
     reason = answer.reason or "invalid"
+    if reason == "rate_limited":
+        raise MessageRejected(f"slow down: {answer.detail or 'too many messages'}", reason)
     raise MessageRejected(answer.detail or f"the relay rejected the message ({reason})", reason)

@@ -46,6 +46,15 @@ DEFAULT_TEMPLATE = CONFIG_DIR / "definitions.json"
 # node, quorum on a cluster (deploy/local_cluster.py, compose's `cluster` profile). Same file,
 # another type.
 QUEUE_TYPES = ("classic", "quorum")
+# Quorum queues give up on a message after `delivery-limit` deliveries (RabbitMQ 4 sets 20
+# by default; it then drops or dead-letters it). An outbox message goes back to its shard
+# each time a relay's connection is lost while it is unacked, so 20 relay restarts would
+# lose an honest message; the relay itself never loops on a poison (it dead-letters it), so
+# the limit is only a last guard against a relay bug: 1,000. (-1, "no limit", is refused by
+# 3.10; and a policy holding a quorum-only key is not applied to classic queues at all, so
+# the classic template has none.)
+QUORUM_DELIVERY_LIMIT = 1000
+QUORUM_DELIVERY_LIMITED = ("outbox-limit", "dead-letter-limit")
 
 
 class RenderError(RuntimeError):
@@ -96,6 +105,10 @@ def with_queue_type(definitions: Mapping[str, Any], queue_type: str) -> dict[str
     result = copy.deepcopy(dict(definitions))
     for queue in result["queues"]:
         queue["arguments"]["x-queue-type"] = queue_type
+    if queue_type == "quorum":
+        for policy in result.get("policies", []):
+            if policy["name"] in QUORUM_DELIVERY_LIMITED:
+                policy["definition"]["delivery-limit"] = QUORUM_DELIVERY_LIMIT
     return result
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from protocol.accounts import (
+    SessionInfo,
     SignupRequest,
     UserPublic,
     is_valid_username,
@@ -215,6 +216,16 @@ class Accounts:
         if self.on_session_end is not None:  # every session's connections close now
             for hashed in hashes:
                 self.on_session_end(user.username, session_tag_of_hash(hashed))
+
+    def session_info(self, token: str) -> SessionInfo | None:
+        """Whose live session `token` is, and until when; None for an unknown, expired or
+        revoked one."""
+        found = self.store.session(token_hash(token), self._clock())
+        if found is None:
+            return None
+        return SessionInfo(
+            username=found.username, expires_at=datetime.fromtimestamp(found.expires_at, UTC)
+        )
 
     def user(self, username: str) -> UserPublic:
         record = self.store.get_user(username)

@@ -13,8 +13,14 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from protocol.accounts import LoginRequest, Meta, SignupRequest, UserPublic
+from protocol.accounts import (
+    LoginRequest,
+    Meta,
+    SignupRequest,
+    UserPublic,
+)
 from protocol.conversations import (
     AccountSettings,
     ConversationSummary,
@@ -242,17 +248,19 @@ def _archive_status(code: int) -> int:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """Starlette's own answers (404, 405), with a 405's `Allow` naming every method of
-        the path: routes of one path are separate, and each alone knows only its own."""
+        """Starlette's own answers (404, 405), with a true `Allow`: a path served by two
+        routes (GET and DELETE /v1/sessions/current) allows the methods of both."""
         headers = dict(exc.headers or {})
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
-            methods: set[str] = set()
-            for route in request.app.routes:
-                if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
-                    methods |= route.methods or set()
-            if methods:
-                headers["Allow"] = ", ".join(sorted(methods))
-        return _error(exc.status_code, str(exc.detail), headers)
+            allowed = {
+                method
+                for route in app.router.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE
+                for method in route.methods or ()
+            }
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return _error(exc.status_code, str(exc.detail), headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

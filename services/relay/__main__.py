@@ -7,7 +7,7 @@ from types import FrameType
 import typer
 from pydantic import ValidationError
 
-from broker.pika_io import coalesce_pika_writes
+from broker.pika_io import coalesce_pika_writes, guard_property_decoding
 from services.logs import configure_logging
 from services.relay.lifecycle import Relay
 from services.relay.settings import RelaySettings
@@ -41,6 +41,7 @@ def _run() -> int:
         return 2
     configure_logging(settings.log_level)
     coalesce_pika_writes()
+    guard_property_decoding()  # a message pika cannot decode must not stop the relay
     relay = Relay(settings)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

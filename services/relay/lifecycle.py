@@ -30,6 +30,7 @@ from broker.nodes import NodeRotation
 from services.relay.answers import AnswerChannel
 from services.relay.ids import IdGenerator
 from services.relay.node_health import NodeHealth
+from services.relay.rate_limits import Rate, RateLimits
 from services.relay.settings import RelaySettings
 from services.relay.status import Counters, Lifecycle, State, StatusFile, StopReport
 from services.relay.worker import OutboxWorker
@@ -57,6 +58,13 @@ class Relay:
         self._settings = settings
         self._clock = clock
         self._ids = ids or IdGenerator()
+        # One set of buckets for the relay's life: a reconnect must not refill a flooder's.
+        self._limits = RateLimits(
+            sender=Rate(settings.sender_rate, settings.sender_burst),
+            recipient=Rate(settings.recipient_rate, settings.recipient_burst),
+            receipts=Rate(settings.receipt_rate, settings.receipt_burst),
+            clock=time.monotonic,
+        )
         self._nodes = NodeRotation(
             settings.broker_nodes(), max_delay=settings.reconnect_max_delay_seconds
         )
@@ -179,12 +187,15 @@ class Relay:
             connection.close()
             return
         node = self._nodes.current
+        self._health.connected_to(node)
         answers = AnswerChannel(
             connection,
             counters=self.counters,
             reopen=lambda: not self._stop_requested.is_set(),
-            skip=self._health.blocks,
-            on_open=lambda answer_channel: self._health.learn_name(answer_channel, node),
+            check=self._health.answerability,
+            on_open=lambda answer_channel: self._health.learn_name(
+                answer_channel, node, on_learned=answers.flush
+            ),
         )
         answers.open()
         channel.add_on_close_callback(self._on_channel_closed)
@@ -196,6 +207,7 @@ class Relay:
             counters=self.counters,
             clock=self._clock,
             ids=self._ids,
+            limits=self._limits,
             on_consuming=self._on_consuming,
             on_finished=self._close,
         )

@@ -1,7 +1,16 @@
-"""Which cluster nodes are down, so that no answer is sent to a sender on one of them.
+"""Which nodes the relay knows and which are down: an answer goes only to a direct reply-to
+address that names a node the relay knows to be up.
 
-A workaround for RabbitMQ 3.10, kept in this one module so it can be deleted with 3.10
-(with the `skip`/`on_open` hooks of answers.py that lifecycle.py wires to it):
+RabbitMQ closes the relay's whole connection (541) when it publishes to a direct reply-to
+address that names a node it cannot find, and any signed-up user can write such an address
+into `reply_to` (issue 9: 200 forged addresses, 21 reconnects in 10 s). So the relay
+answers an address only when it can prove it deliverable: it decodes the node from the
+address (broker/reply_to.py) and answers only if that node is one whose name it learned
+from the broker itself and that is not down (`Answerability`). Until the name of the node
+the relay is connected to is known (a round trip after the answer channel opens), answers
+wait (answers.py).
+
+The other half is the same guard for honest addresses:
 
 RabbitMQ 3.10 crashes the channel that publishes to the direct reply-to address of a node
 that has left the cluster (rabbit_channel:deliver_reply gets a bare `error` from
@@ -23,10 +32,12 @@ own connection reaches it. Two threads, one lock; the I/O loop reads `_down_name
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 import pika
 import pika.channel
@@ -51,12 +62,22 @@ NODE_CHECK_INTERVAL_SECONDS = 1.0
 NAME_RETRY_SECONDS = 5.0
 
 
+class Answerability(enum.Enum):
+    """May the relay publish to a direct reply-to address?"""
+
+    YES = "yes"  # a node the relay learned from the broker, and up
+    NODE_DOWN = "node down"  # an honest sender whose node went: its answer is dropped
+    UNPROVEN = "unproven"  # not a node the relay knows (forged, or malformed): not answered
+    NOT_YET = "not yet"  # the relay has not learned its own node's name yet: wait
+
+
 class NodeHealth:
     def __init__(self, settings: RelaySettings, stop: threading.Event) -> None:
         self._settings = settings
         self._nodes = settings.broker_nodes()
         self._stop = stop  # set: the threads end
         self._names: dict[Node, str] = {}  # node -> the name its reply-to addresses carry
+        self._current: Node | None = None  # the node the relay's connection is on
         self._down_names: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self._checker: threading.Thread | None = None
@@ -71,15 +92,38 @@ class NodeHealth:
         """The address belongs to a node that is down: do not answer it."""
         return reply_to_node(reply_to) in self._down_names
 
+    def answerability(self, reply_to: str) -> Answerability:
+        """Whether an answer to `reply_to` can be delivered without risking the connection."""
+        node = reply_to_node(reply_to)
+        if node is None:
+            return Answerability.UNPROVEN
+        if node in self._down_names:
+            return Answerability.NODE_DOWN
+        known = self._names  # replaced whole by named(), never changed in place
+        if node in known.values():
+            return Answerability.YES
+        if self._current is not None and self._current not in known:
+            return Answerability.NOT_YET
+        return Answerability.UNPROVEN
+
+    def connected_to(self, node: Node) -> None:
+        """The relay's connection is to `node` now: answers wait until its name is known."""
+        self._current = node
+
     def named(self, node: Node, name: str | None) -> None:
         """`node` writes `name` into its direct reply-to addresses."""
         if name is not None and self._names.get(node) != name:
             logger.debug("the node at %s:%d answers as %s", *node, name)
-            self._names[node] = name
+            self._names = {**self._names, node: name}  # replaced whole: two threads read it
 
-    def learn_name(self, channel: pika.channel.Channel, node: Node) -> None:
+    def learn_name(
+        self,
+        channel: pika.channel.Channel,
+        node: Node,
+        on_learned: Callable[[], None] = lambda: None,
+    ) -> None:
         """Learn `node`'s name on `channel`: a mandatory publish that no queue takes, with
-        `reply_to` set, comes back with the address rewritten."""
+        `reply_to` set, comes back with the address rewritten; then `on_learned()`."""
 
         def on_return(
             _channel: pika.channel.Channel,
@@ -87,7 +131,9 @@ class NodeHealth:
             props: pika.spec.BasicProperties,
             _body: bytes,
         ) -> None:
-            self.named(node, reply_to_node(props.reply_to))
+            address = props.reply_to if isinstance(props.reply_to, str) else None
+            self.named(node, reply_to_node(address))
+            on_learned()
 
         def on_consume_ok(_frame: pika.frame.Method) -> None:
             if channel.is_open:

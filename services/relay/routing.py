@@ -49,8 +49,11 @@ from protocol.topology import (
     carbon_key,
 )
 
-# A client clock further ahead than this is not believed: its message gets a fresh id.
+# The client's send time (SENT_MS_HEADER) is believed within this window around the relay's
+# clock, and only then makes the server id (ids.stable_id): outside it, the message gets a
+# fresh id stamped with the relay's clock (see _server_id for why not a clamped time).
 MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000
+MAX_CLOCK_BEHIND_MS = 24 * 60 * 60 * 1000
 
 
 class RelayError(Exception):
@@ -76,6 +79,9 @@ class Incoming:
     message_id: str | None
     reply_to: str | None
     client_ms: int | None = None  # the SENT_MS_HEADER, when the client sent one
+    # why the delivery could not be decoded (properties pika could not read, or bytes
+    # where text belongs): such a message is dead-lettered whatever else it holds
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ class Reply:
     """Nothing to publish to an inbox: answer (if the sender can be answered) and ack."""
 
     answer: Answer | None
+    rate_limited: bool = False  # refused by a rate limit (answered or not)
 
 
 @dataclass(frozen=True)
@@ -144,12 +151,15 @@ class Verdict(enum.Enum):
 
 
 def route(incoming: Incoming, *, now: datetime, new_id: str) -> Outcome:
-    """Decide what one outbox message becomes. Never raises.
+    """Decide what one outbox message becomes. Never raises: whatever it did not foresee is
+    dead-lettered (tests/hostile/ holds it to that over arbitrary input).
 
     `new_id` is a fresh time-ordered id, used when the client gave no id and send time to
     derive a stable one from (see ids.stable_id).
     """
     try:
+        if incoming.problem is not None:
+            raise Unparseable(incoming.problem)
         sender = _sender(incoming)
         kind = incoming.type or TYPE_SEND
         if kind == TYPE_SEND:
@@ -161,6 +171,14 @@ def route(incoming: Incoming, *, now: datetime, new_id: str) -> Outcome:
         return DeadLetter(str(exc))
     except InvalidMessage as exc:
         return Reply(_answer(incoming, "rejected", reason="invalid", detail=str(exc)))
+    except Exception as exc:  # a bug, or an input nobody thought of: never a crash loop
+        return DeadLetter(f"the relay cannot handle it ({type(exc).__name__}: {exc})"[:300])
+
+
+def refuse(incoming: Incoming, reason: RejectReason, detail: str) -> Reply:
+    """Answer `rejected` with `reason` (when the sender can be answered), relay nothing."""
+    answer = _answer(incoming, "rejected", reason=reason, detail=detail)
+    return Reply(answer, rate_limited=reason == "rate_limited")
 
 
 def answer_for(deliver: Deliver, verdict: Verdict) -> Answer | None:
@@ -210,8 +228,10 @@ def _sender(incoming: Incoming) -> str:
 def _parse(body: bytes) -> dict[str, object]:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Unparseable(f"body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer of more than 4300 digits;
+        # RecursionError: arrays or objects nested thousands deep
+        raise Unparseable(f"body is not JSON: {type(exc).__name__}: {exc}"[:300]) from None
     if not isinstance(data, dict):
         raise InvalidMessage("body must be a JSON object")
     return data
@@ -290,11 +310,23 @@ def _client_id(incoming: Incoming) -> str | None:
 def _server_id(
     incoming: Incoming, sender: str, client_id: str | None, now: datetime, fresh_id: str
 ) -> str:
-    """Stable across redeliveries when the client gave an id and a believable send time."""
+    """Stable across redeliveries when the client gave an id and a believable send time.
+
+    The time in an id orders a conversation, so a client must not choose it freely
+    (`messenger-sent-ms: 1` made an id of 1970). Clamping the client's time into a window
+    around the relay's clock would not do: a message relayed twice (its relay died before
+    the ack) is clamped against two different clocks and gets two ids, and its recipient
+    sees it twice. So the client's time is either believed as it is, when it lies within
+    [relay now - 24 h, relay now + 5 min], and then gives the stable id; or not at all, and
+    the message gets a fresh id on the relay's clock. A redelivered message keeps its id
+    unless its client's clock was off by more than the window (or it waited in the outbox
+    longer than 24 h) and a relay crashed while relaying it.
+    """
     client_ms = incoming.client_ms
     if client_id is None or client_ms is None or isinstance(client_ms, bool):
         return fresh_id
-    if not 0 < client_ms <= now.timestamp() * 1000 + MAX_CLOCK_AHEAD_MS:
+    now_ms = now.timestamp() * 1000
+    if not now_ms - MAX_CLOCK_BEHIND_MS <= client_ms <= now_ms + MAX_CLOCK_AHEAD_MS:
         return fresh_id
     return stable_id(sender, client_id, client_ms)
 

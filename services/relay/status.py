@@ -32,8 +32,12 @@ class Counters:
     inbox_full: int = 0
     held: int = 0  # refused while the inbox was unavailable: kept and published again
     answers_dropped: int = 0  # for a sender whose connection was on a node that is down
+    # a reply-to address naming a node the relay does not know to be up (forged): not answered
+    answers_unproven: int = 0
     invalid: int = 0
-    dead_lettered: int = 0
+    dead_lettered: int = 0  # poison (unreadable, undecodable) moved to relay.dead
+    dead_letter_refused: int = 0  # poison relay.dead refused (full): dropped
+    rate_limited: int = 0  # refused for the sender's (or the sender->recipient) rate limit
 
     def line(self) -> str:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))

@@ -9,14 +9,22 @@ publish is confirmed, returned or nacked, and its sender answered. Per-sender or
 because a shard's messages are published in the order they were consumed, and the broker
 keeps that order into the inbox queue.
 
-Decisions live in routing.py; this module decodes, calls them, publishes and acks. A
-refused publish goes to inbox_checks.py, answers to answers.py; lifecycle.py opens the
-connection and the channel, makes one `OutboxWorker` per channel and stops it.
+Decisions live in routing.py (and rate_limits.py); this module decodes, calls them,
+publishes and acks. A refused publish goes to inbox_checks.py, answers to answers.py,
+poison to dead_letters.py; lifecycle.py opens the connection and the channel, makes one
+`OutboxWorker` per channel and stops it.
+
+Nothing a sender publishes may raise out of `on_message`: an exception there leaves pika's
+I/O loop, the relay dies, the message comes back, and the relay dies again (issue 9).
+`decode()` turns whatever pika hands over (bytes where text belongs, properties pika could
+not decode at all: broker/pika_io.guard_property_decoding) into an `Incoming` with its
+`problem` named, and `route()` never raises.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -27,14 +35,33 @@ import pika.frame
 import pika.spec
 from pika.adapters.select_connection import SelectConnection
 
+from broker.pika_io import undecodable
 from protocol import PROTOCOL_VERSION
 from protocol.messages import PROTOCOL_HEADER, SENT_MS_HEADER
-from protocol.topology import ARCHIVE_EXCHANGE, CONTENT_TYPE, OUTBOX_QUEUES
+from protocol.topology import (
+    ARCHIVE_EXCHANGE,
+    CONTENT_TYPE,
+    OUTBOX_QUEUES,
+    TYPE_RECEIPT,
+    TYPE_RECEIPT_NOTICE,
+)
 from services.relay.answers import AnswerChannel
 from services.relay.confirms import ConfirmTracker, Pending
+from services.relay.dead_letters import DeadLetterChannel, Poison
 from services.relay.ids import IdGenerator
 from services.relay.inbox_checks import RefusedPublishes
-from services.relay.routing import DeadLetter, Deliver, Incoming, Reply, Verdict, answer_for, route
+from services.relay.rate_limits import Limit, RateLimits
+from services.relay.routing import (
+    DeadLetter,
+    Deliver,
+    Incoming,
+    Outcome,
+    Reply,
+    Verdict,
+    answer_for,
+    refuse,
+    route,
+)
 from services.relay.settings import RelaySettings
 from services.relay.status import Counters
 
@@ -43,16 +70,41 @@ logger = logging.getLogger(__name__)
 _HEADERS = {PROTOCOL_HEADER: PROTOCOL_VERSION}
 
 
+_TEXT_PROPERTIES = ("user_id", "content_type", "type", "message_id", "reply_to")
+
+
+class _Over(enum.Enum):
+    """A sender past its rate limit: answered `rate_limited`, or (a flood, past its first
+    refusals) acked without a word."""
+
+    ANSWERED = "answered"
+    SILENTLY = "silently"
+
+
 def decode(props: pika.spec.BasicProperties, body: bytes) -> Incoming:
-    """The parts of an outbox delivery that routing looks at."""
+    """The parts of an outbox delivery that routing looks at. Never raises: a property
+    that is not text (pika hands over invalid UTF-8 as bytes), or properties pika could not
+    decode, make the `problem` that dead-letters the message."""
+    problem = undecodable(props)
+    if problem is not None:
+        problem = f"properties pika cannot decode ({problem})"
+    text: dict[str, str | None] = {}
+    for name in _TEXT_PROPERTIES:
+        value = getattr(props, name, None)
+        if value is not None and not isinstance(value, str):
+            problem = problem or f"the {name} property is not UTF-8 text"
+            value = None
+        text[name] = value
+    headers = props.headers if isinstance(props.headers, dict) else None
     return Incoming(
-        body=body,
-        user_id=props.user_id,
-        content_type=props.content_type,
-        type=props.type,
-        message_id=props.message_id,
-        reply_to=props.reply_to,
-        client_ms=_header_int(props.headers, SENT_MS_HEADER),
+        body=body if isinstance(body, bytes) else bytes(body),
+        user_id=text["user_id"],
+        content_type=text["content_type"],
+        type=text["type"],
+        message_id=text["message_id"],
+        reply_to=text["reply_to"],
+        client_ms=_header_int(headers, SENT_MS_HEADER),
+        problem=problem,
     )
 
 
@@ -74,6 +126,7 @@ class OutboxWorker:
         counters: Counters,
         clock: Callable[[], datetime],
         ids: IdGenerator,
+        limits: RateLimits,
         on_consuming: Callable[[], None] = lambda: None,
         on_finished: Callable[[], None] = lambda: None,
     ) -> None:
@@ -84,6 +137,7 @@ class OutboxWorker:
         self._counters = counters
         self._clock = clock
         self._ids = ids
+        self._limits = limits
         self._on_consuming = on_consuming
         self._on_finished = on_finished
         self._confirms = ConfirmTracker()
@@ -95,6 +149,11 @@ class OutboxWorker:
             retry_max_delay=settings.retry_max_delay_seconds,
             counters=counters,
         )
+        self._dead = DeadLetterChannel(
+            connection, counters=counters, done=self._ack, fallback=self._reject
+        )
+        self._open_tags: set[int] = set()  # delivered, not yet acked or rejected
+        self._acks_due: list[int] = []  # rate-limited: acked together after this I/O turn
         self._consumer_tags: set[str] = set()
         self._consuming = 0
         self._shutting_down = False
@@ -110,6 +169,7 @@ class OutboxWorker:
         return self._confirms.message_ids
 
     def start(self) -> None:
+        self._dead.open()
         channel = self._channel
         channel.add_on_return_callback(self.on_return)
         channel.add_on_cancel_callback(self._on_cancelled)
@@ -124,28 +184,117 @@ class OutboxWorker:
         props: pika.spec.BasicProperties,
         body: bytes,
     ) -> None:
-        outcome = route(decode(props, body), now=self._clock(), new_id=self._ids.next_id())
         tag = method.delivery_tag
+        self._open_tags.add(tag)
+        over = self._over_limit(props)
+        if over is _Over.SILENTLY:  # the cheapest path there is: one flood message
+            self._count_limited(props.user_id)
+            self._ack_soon(tag)
+            return
+        incoming = decode(props, body)
+        try:
+            if over is _Over.ANSWERED:
+                detail = self._limits.describe(Limit.SENDER)
+                outcome: Outcome = refuse(incoming, "rate_limited", detail)
+            else:
+                outcome = route(incoming, now=self._clock(), new_id=self._ids.next_id())
+            if isinstance(outcome, Deliver) and not self._pair_allowed(incoming, outcome):
+                detail = self._limits.describe(Limit.RECIPIENT, outcome.recipient)
+                outcome = refuse(incoming, "rate_limited", detail)
+        except Exception as exc:  # route() never raises; this is the last line of defence
+            logger.error("cannot handle an outbox message: %s: %s", type(exc).__name__, exc)
+            outcome = DeadLetter(f"the relay failed on it ({type(exc).__name__})")
         if isinstance(outcome, Deliver):
             self._deliver(Pending(outcome, tag))
         elif isinstance(outcome, Reply):
+            self._reply(incoming, outcome, tag)
+        else:
+            self._dead.send(
+                Poison(
+                    outbox_tag=tag,
+                    reason=outcome.reason,
+                    sender=incoming.user_id,
+                    message_id=incoming.message_id,
+                    content_type=incoming.content_type,
+                    body=incoming.body,
+                )
+            )
+
+    def _over_limit(self, props: pika.spec.BasicProperties) -> _Over | None:
+        """The sender's bucket (rate_limits.py), before anything is decoded: a flood message
+        costs a look-up and its share of one ack; the first refusals are answered. Only a
+        sender the broker checked (`user_id` as text) is limited."""
+        sender = props.user_id
+        if not isinstance(sender, str) or not sender:
+            return None
+        receipt = props.type == TYPE_RECEIPT
+        if self._limits.allow_sender(sender, receipt=receipt):
+            return None
+        if receipt or not self._limits.answer_refusal(sender):
+            return _Over.SILENTLY
+        return _Over.ANSWERED
+
+    def _pair_allowed(self, incoming: Incoming, deliver: Deliver) -> bool:
+        """The (sender, recipient) bucket, for messages (a receipt has its own above)."""
+        if deliver.type == TYPE_RECEIPT_NOTICE or incoming.user_id is None:
+            return True
+        return self._limits.allow_pair(incoming.user_id, deliver.recipient)
+
+    def _reply(self, incoming: Incoming, outcome: Reply, tag: int) -> None:
+        """Nothing to relay: answer (if the sender can be answered) and ack."""
+        answer = outcome.answer
+        limited = outcome.rate_limited
+        if limited:
+            self._count_limited(incoming.user_id)
+        else:
             self._counters.invalid += 1
             logger.info(
                 "rejected an invalid message from %s: %s",
-                props.user_id,
-                outcome.answer.body.detail if outcome.answer else "(no reply-to)",
+                incoming.user_id,
+                answer.body.detail if answer else "(no reply-to)",
             )
-            if outcome.answer is not None:
-                self._answers.send(outcome.answer)
-            self._channel.basic_ack(tag)
-        elif isinstance(outcome, DeadLetter):
-            self._counters.dead_lettered += 1
+        if answer is not None:
+            self._answers.send(answer)
+        if limited:
+            self._ack_soon(tag)
+        else:
+            self._ack(tag)
+
+    def _count_limited(self, sender: str | None) -> None:
+        self._counters.rate_limited += 1
+        if self._counters.rate_limited % 1000 == 1:  # one line per burst, not per message
             logger.warning(
-                "dead-lettered an outbox message from %s: %s (%d dead-lettered so far)",
-                props.user_id or "nobody",
-                outcome.reason,
-                self._counters.dead_lettered,
+                "rate-limited %s (%d rate-limited so far)", sender, self._counters.rate_limited
             )
+
+    def _ack(self, tag: int) -> None:
+        self._open_tags.discard(tag)
+        if self._channel.is_open:
+            self._channel.basic_ack(tag)
+
+    def _ack_soon(self, tag: int) -> None:
+        """A flood's messages are acked together, once per I/O turn: one `multiple` ack when
+        nothing older is still open (the usual case for a flooder alone on its shard)."""
+        self._acks_due.append(tag)
+        if len(self._acks_due) == 1:
+            self._connection.ioloop.call_later(0, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        tags, self._acks_due = self._acks_due, []
+        if not tags or not self._channel.is_open:
+            return
+        self._open_tags.difference_update(tags)
+        highest = max(tags)
+        if not self._open_tags or min(self._open_tags) > highest:
+            self._channel.basic_ack(highest, multiple=True)
+        else:
+            for tag in tags:
+                self._channel.basic_ack(tag)
+
+    def _reject(self, tag: int) -> None:
+        """Reject without requeue: the shard's dead-letter exchange takes it to relay.dead."""
+        self._open_tags.discard(tag)
+        if self._channel.is_open:
             self._channel.basic_reject(tag, requeue=False)
 
     def on_return(
@@ -244,7 +393,7 @@ class OutboxWorker:
             return
         deliver = pending.deliver
         if verdict is Verdict.CONFIRMED:
-            if deliver.reply_to is None and deliver.client_id is None:
+            if deliver.type == TYPE_RECEIPT_NOTICE:  # not "no reply-to": anyone can omit it
                 self._counters.receipts += 1
             else:
                 self._counters.relayed += 1
@@ -261,7 +410,7 @@ class OutboxWorker:
         answer = answer_for(deliver, verdict)
         if answer is not None:
             self._answers.send(answer)
-        self._channel.basic_ack(pending.outbox_tag)
+        self._ack(pending.outbox_tag)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -296,6 +445,7 @@ class OutboxWorker:
         if self._shutting_down:
             return
         self._shutting_down = True
+        self._flush_acks()
         self._refused.stop_retrying()
         logger.info(
             "stopping: no new messages; finishing %d in flight (%d held for unavailable "
@@ -321,7 +471,7 @@ def _header_int(headers: dict[str, object] | None, name: str) -> int | None:
     """An integer header; also its decimal text, which is all a STOMP client (the browser,
     through Web STOMP) can send: the broker turns every STOMP header into a string."""
     value = headers.get(name) if headers else None
-    if isinstance(value, bytes):
+    if isinstance(value, bytes):  # a byte array, or a string pika found not to be UTF-8
         value = value.decode("ascii", "replace")
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         return int(value)

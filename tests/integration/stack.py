@@ -233,11 +233,21 @@ def cluster_relay_env(nodes: Sequence[LocalNode]) -> dict[str, str]:
     return {"MESSENGER_RELAY_AMQP_NODES": node_list(nodes)}
 
 
+# The relay's rate limits off: the reliability tests send thousands of messages from one
+# account as fast as they can. tests/hostile/test_relay_flood.py runs a relay with limits.
+UNLIMITED_RELAY = {
+    "MESSENGER_RELAY_SENDER_RATE": "0",
+    "MESSENGER_RELAY_RECIPIENT_RATE": "0",
+    "MESSENGER_RELAY_RECEIPT_RATE": "0",
+}
+
+
 def relay_env(broker: Broker, **overrides: str) -> dict[str, str]:
     env = {
         "MESSENGER_RELAY_AMQP_HOST": broker.host,
         "MESSENGER_RELAY_AMQP_PORT": str(broker.amqp_port),
         "MESSENGER_RELAY_AMQP_PASSWORD": broker.service_passwords["relay"],
+        **UNLIMITED_RELAY,
     }
     env.update(overrides)
     return env

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import pytest
 from deploy import run_state
 from deploy.instance import stable_ports
 from tests.integration.cli_driver import COMMAND, Person
+from tests.integration.live_clients import ChatWindow, Listener
 from tests.integration.stack import eventually
 
 pytestmark = pytest.mark.slow
@@ -68,11 +69,11 @@ class Instance:
         )
         return env
 
-    def start(self) -> None:
+    def start(self, **extra_env: str) -> None:
         with self.output.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "deploy.run"],
-                env=self.env(),
+                env={**self.env(), **extra_env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -249,6 +250,152 @@ def test_a_killed_part_comes_back_by_itself_and_nothing_is_lost(
     assert [flow.seen[t] for t in (f"before {part}", during, f"after {part}")] == [1, 1, 1]
 
 
+def keep_sending(sender: Person, to: str, text: str) -> threading.Thread:
+    """`messenger send` as its own process, again and again until the server has it (held
+    by the broker or accepted); returns at once. Each attempt fails fast while a part is
+    down; the one that gets through is the only one that published the message."""
+    env = sender.env()
+    command = [*COMMAND, "send", to, text]
+
+    def keep_trying() -> None:
+        deadline = time.monotonic() + FLOW_TIMEOUT
+        while time.monotonic() < deadline:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            if done.returncode == 0 or "queued" in done.stderr:
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=keep_trying, daemon=True)
+    thread.start()
+    return thread
+
+
+class Inbox:
+    """What one person was shown by `messenger inbox --json`, counted over every call."""
+
+    def __init__(self, owner: Person) -> None:
+        self.owner = owner
+        self.seen: dict[str, int] = {}
+
+    def wait_for(
+        self, text: str, timeout: float = FLOW_TIMEOUT, why: Callable[[], str] = str
+    ) -> None:
+        """Until `text` was shown; `why()` says more when it never is (a chat's screen)."""
+        deadline = time.monotonic() + timeout
+        while self.seen.get(text, 0) == 0:
+            assert time.monotonic() < deadline, (
+                f"{text!r} never reached {self.owner.username}\n{why()}"
+            )
+            result = self.owner.run("inbox", "--json")
+            if result.code != 0:
+                time.sleep(0.3)
+                continue
+            for row in result.json_lines():
+                self.seen[row["text"]] = self.seen.get(row["text"], 0) + 1
+
+
+@dataclass
+class OpenClients:
+    """sam sends; lena has `listen` open, carl a `chat` with sam, for the whole module."""
+
+    sam: Person
+    lena: Person
+    carl: Person
+    listen: Listener
+    chat: ChatWindow
+    sams_inbox: Inbox
+
+    def shown_in_chat(self, text: str) -> int:
+        """How often the chat printed `text` as a message from sam."""
+        return self.chat.screen().count(f"{self.sam.username}): {text}")
+
+
+@pytest.fixture(scope="module")
+def open_clients(instance: Instance, base: Path) -> Iterator[OpenClients]:
+    sam, lena, carl = (person(instance, base, name) for name in ("sam", "lena", "carl"))
+    for someone in (sam, lena, carl):
+        someone.signup()
+    listen = Listener(lena, base)
+    try:
+        chat = ChatWindow(carl, sam.username, base)
+        try:
+            yield OpenClients(sam, lena, carl, listen, chat, Inbox(sam))
+        finally:
+            chat.close()
+    finally:
+        listen.stop()
+
+
+def no_raw_errors(text: str) -> None:
+    """What a person reads has no pika tuple, no traceback, no failover talk on one node."""
+    for raw in ("Traceback", "CONNECTION_FORCED", "moving to the next node", "((", "pika"):
+        assert raw not in text, f"{raw!r} shown to the user:\n{text[-3000:]}"
+
+
+@pytest.mark.parametrize("part", ["relay", "auth service", "broker node"])
+def test_open_clients_ride_out_a_killed_part(
+    instance: Instance, open_clients: OpenClients, part: str
+):
+    clients = open_clients
+    sam, lena, carl = clients.sam, clients.lena, clients.carl
+    tag = part.split()[0]
+    sam.ok("send", lena.username, f"{tag}: before")
+    sam.ok("send", carl.username, f"{tag}: before, in the chat")
+    clients.listen.wait_for(f"{tag}: before", FLOW_TIMEOUT)
+    clients.chat.wait_for(f"{tag}: before, in the chat", FLOW_TIMEOUT)
+    state = instance.state()
+    (name,) = [n for n in state.parts if n.startswith(part)]
+    victim = state.parts[name]
+    assert victim is not None
+
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    typed = f"{tag}: typed in the chat during the outage"
+    clients.chat.type_line(typed)
+    during = f"{tag}: sent during the outage"
+    senders = [keep_sending(sam, lena.username, during), keep_sending(sam, carl.username, during)]
+    back = eventually(
+        lambda: (instance.state().parts.get(name) not in (None, victim)) and time.monotonic(),
+        timeout=FLOW_TIMEOUT,
+        interval=0.1,
+    )
+    clients.listen.wait_for(during, FLOW_TIMEOUT)
+    listened = time.monotonic()
+    clients.chat.wait_for(f"{sam.username}): {during}", FLOW_TIMEOUT)
+    chatted = time.monotonic()
+    clients.sams_inbox.wait_for(typed, why=lambda: clients.chat.screen()[-4000:])
+    logger.warning(
+        "SIGKILL of the %s: back after %.1f s; listen showed a message sent meanwhile after "
+        "%.1f s, chat after %.1f s",
+        part,
+        back - killed_at,
+        listened - killed_at,
+        chatted - killed_at,
+    )
+    for sender in senders:
+        sender.join(FLOW_TIMEOUT)
+
+    # Nothing was done to the clients, and the next message reaches them as usual.
+    sam.ok("send", lena.username, f"{tag}: after")
+    sam.ok("send", carl.username, f"{tag}: after, in the chat")
+    clients.listen.wait_for(f"{tag}: after", FLOW_TIMEOUT)
+    clients.chat.wait_for(f"{tag}: after, in the chat", FLOW_TIMEOUT)
+    carl.ok("send", sam.username, f"{tag}: carl after")
+    clients.sams_inbox.wait_for(f"{tag}: carl after")
+
+    assert [clients.listen.count(f"{tag}: {t}") for t in ("before", "sent during the outage",
+                                                           "after")] == [1, 1, 1]  # fmt: skip
+    assert clients.shown_in_chat(during) == 1
+    assert clients.sams_inbox.seen[typed] == 1
+    assert clients.listen.process.poll() is None and clients.chat.child.isalive()
+    screen, status = clients.chat.screen(), clients.listen.status()
+    no_raw_errors(screen)
+    no_raw_errors(status)
+    if part == "broker node":  # the clients noticed, said so, and said when it was over
+        assert "offline: the server at 127.0.0.1:" in status and "back online" in status
+        assert "offline: the server at 127.0.0.1:" in screen and "back online" in screen
+
+
 def test_the_broker_api_answers_the_broker_only(instance: Instance, pair: tuple[Person, Person]):
     alice, _ = pair
     env = instance.state().auth_env
@@ -354,6 +501,59 @@ def test_a_second_instance_runs_beside_the_first_and_keeps_its_address(
         assert after.send("after a restart")
         after.until_delivered("after a restart")
     assert identity["node_name"] not in instance.log()  # its own node name
+
+
+def test_a_chat_stays_open_while_make_run_is_stopped_and_started_again(
+    instance: Instance, open_clients: OpenClients
+):
+    clients = open_clients
+    sam, lena, carl = clients.sam, clients.lena, clients.carl
+    assert instance.stop() == 0  # Ctrl-C
+    clients.chat.wait_for("offline: the server at", FLOW_TIMEOUT)
+    typed = "typed while make run was stopped"
+    clients.chat.type_line(typed)
+    clients.chat.wait_for(f"queued, will send when back online: {typed}", FLOW_TIMEOUT)
+    instance.start()
+    started = time.monotonic()
+    clients.sams_inbox.wait_for(typed)  # the line kept while offline went out by itself
+    clients.chat.type_line("typed after the restart")
+    clients.sams_inbox.wait_for("typed after the restart")
+    logger.warning(
+        "make run started again: the queued chat line arrived after %.1f s",
+        time.monotonic() - started,
+    )
+    sam.ok("send", carl.username, "to the chat after the restart")
+    sam.ok("send", lena.username, "to listen after the restart")
+    clients.chat.wait_for("to the chat after the restart", FLOW_TIMEOUT)
+    clients.listen.wait_for("to listen after the restart", FLOW_TIMEOUT)
+    assert clients.sams_inbox.seen[typed] == 1
+    assert clients.chat.screen().count(f"{carl.username}): {typed}") == 1
+    no_raw_errors(clients.chat.screen())
+    no_raw_errors(clients.listen.status())
+
+
+def test_open_clients_find_the_broker_where_the_server_says_it_moved(
+    instance: Instance, open_clients: OpenClients
+):
+    """make run started again on another AMQP port (as when another program took the old
+    one): the clients that stayed open ask `GET /v1/meta` while they wait, and go there."""
+    clients = open_clients
+    sam, lena, carl = clients.sam, clients.lena, clients.carl
+    old_url = instance.state().amqp_urls[0]
+    assert instance.stop() == 0
+    (new_port,) = stable_ports(1)
+    instance.start(MESSENGER_RUN_AMQP_PORT=str(new_port))
+    assert instance.state().amqp_urls[0] != old_url
+    assert f":{new_port}" in instance.state().amqp_urls[0]
+    sam.ok("send", carl.username, "to the chat on the moved broker")
+    sam.ok("send", lena.username, "to listen on the moved broker")
+    clients.chat.wait_for("to the chat on the moved broker", FLOW_TIMEOUT)
+    clients.listen.wait_for("to listen on the moved broker", FLOW_TIMEOUT)
+    clients.chat.type_line("typed on the moved broker")
+    clients.sams_inbox.wait_for("typed on the moved broker")
+    assert clients.listen.count("to listen on the moved broker") == 1
+    no_raw_errors(clients.chat.screen())
+    no_raw_errors(clients.listen.status())
 
 
 def test_a_clashing_node_name_fails_with_the_cause_and_leaves_nothing(

@@ -182,7 +182,14 @@ def test_logout_needs_a_bearer_token_and_revokes_it(public):
         public.delete("/v1/sessions/current", headers={"Authorization": token}).status_code == 401
     )
     auth = {"Authorization": f"Bearer {token}"}
+    current = public.get("/v1/sessions/current", headers=auth)
+    assert current.status_code == 200 and current.json()["username"] == "alice"
     assert public.delete("/v1/sessions/current", headers=auth).status_code == 204
+    assert public.get("/v1/sessions/current", headers=auth).status_code == 401
+    assert public.get("/v1/sessions/current").status_code == 401
+    wrong_method = public.request("PUT", "/v1/sessions/current")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["Allow"] == "DELETE, GET"  # both routes of the path
     response = public.delete("/v1/sessions/current", headers=auth)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -297,6 +304,7 @@ def test_the_openapi_document_gives_every_error_as_one_readable_string(public):
         ("/v1/users", "post"): {"201", "400", "409", "413", "422", "503"},
         ("/v1/sessions", "post"): {"200", "400", "401", "413", "422", "429", "503"},
         ("/v1/sessions/current", "delete"): {"204", "401", "503"},
+        ("/v1/sessions/current", "get"): {"200", "401"},
         ("/v1/users/{username}", "get"): {"200", "404", "410", "422"},
     }
     for (path, method), codes in expected.items():

@@ -17,9 +17,11 @@ class Prompt:
 class Sender:
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.offline: list[bool] = []
 
-    def submit(self, text: str) -> None:
+    def submit(self, text: str, offline: bool = False) -> None:
         self.sent.append(text)
+        self.offline.append(offline)
 
 
 class Screen:
@@ -35,10 +37,15 @@ class Screen:
         self.problems.append(message)
 
 
-def converse(*lines: str) -> tuple[Sender, Screen]:
+def converse(*lines: str, offline: bool = False) -> tuple[Sender, Screen]:
     sender, screen = Sender(), Screen()
-    _converse(Prompt(*lines), sender, screen)  # type: ignore[arg-type]
+    _converse(Prompt(*lines), sender, screen, lambda: offline)  # type: ignore[arg-type]
     return sender, screen
+
+
+def test_a_line_typed_while_offline_is_handed_over_marked_offline():
+    sender, _ = converse("typed in the dark", offline=True)
+    assert sender.sent == ["typed in the dark"] and sender.offline == [True]
 
 
 def test_an_unknown_command_is_answered_with_the_commands_and_not_sent():

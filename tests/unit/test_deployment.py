@@ -831,16 +831,22 @@ def test_definitions_queue_type_is_a_setting_classic_by_default(
     assert inbox is not None and inbox["default"] == "classic"
 
 
-def test_queue_type_transform_changes_only_the_queue_type() -> None:
+def test_queue_type_transform_changes_only_the_queue_type_and_delivery_limit() -> None:
     template = json.loads((local_broker.CONFIG_DIR / "definitions.json").read_text())
     quorum = render_definitions.with_queue_type(template, "quorum")
     assert {q["arguments"]["x-queue-type"] for q in quorum["queues"]} == {"quorum"}
     assert {q["arguments"]["x-queue-type"] for q in template["queues"]} == {"classic"}
+    limits = {p["name"]: p["definition"].get("delivery-limit") for p in quorum["policies"]}
+    assert limits["outbox-limit"] == limits["dead-letter-limit"] == 1000
+    # a quorum-only key keeps a policy off classic queues: none in the classic template
+    assert all("delivery-limit" not in p["definition"] for p in template["policies"])
 
     def without_type(definitions: dict[str, Any]) -> str:
         copy = json.loads(json.dumps(definitions))
         for queue in copy["queues"]:
             del queue["arguments"]["x-queue-type"]
+        for policy in copy["policies"]:
+            policy["definition"].pop("delivery-limit", None)
         return json.dumps(copy, sort_keys=True)
 
     assert without_type(quorum) == without_type(template)

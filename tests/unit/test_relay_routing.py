@@ -77,6 +77,9 @@ def test_the_same_outbox_message_routed_twice_gets_the_same_id():
         {"client_ms": None},
         {"message_id": None},
         {"client_ms": NOW_MS + 3_600_000},
+        {"client_ms": NOW_MS + 301_000},  # more than five minutes ahead of the relay
+        {"client_ms": 1},  # 1970: a client must not put its message first in history
+        {"client_ms": NOW_MS - 25 * 3_600_000},  # more than a day behind
         {"client_ms": -5},
     ],
 )
@@ -220,3 +223,41 @@ def test_a_held_message_gets_no_answer_yet():
 
 def test_retry_delays_double_up_to_the_cap():
     assert [backoff_delay(n, maximum=3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("client_ms", [NOW_MS - 23 * 3_600_000, NOW_MS, NOW_MS + 299_000])
+def test_a_send_time_within_the_window_gives_the_stable_id_at_any_later_redelivery(client_ms):
+    """Idempotent: the id depends on the client's time, not on when the relay handles it,
+    as long as that time was believable at the first attempt and still is."""
+    first = route(incoming(client_ms=client_ms), now=NOW, new_id=FRESH)
+    later = route(incoming(client_ms=client_ms), now=NOW.replace(minute=5), new_id="other")
+    assert isinstance(first, Deliver) and isinstance(later, Deliver)
+    assert first.message_id == later.message_id != FRESH
+    assert int(first.message_id.replace("-", "")[:12], 16) == client_ms
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"body": b"[" * 30_000 + b"]" * 30_000}, "RecursionError"),
+        ({"body": b'{"to": "bob", "text": "x", "n": ' + b"9" * 5000 + b"}"}, "digits"),
+        ({"problem": "the reply_to property is not UTF-8 text"}, "reply_to"),
+    ],
+)
+def test_input_that_used_to_crash_the_relay_is_dead_lettered(overrides, reason):
+    outcome = route(incoming(**overrides), now=NOW, new_id=FRESH)
+    assert isinstance(outcome, DeadLetter)
+    assert reason in outcome.reason
+
+
+def test_a_lone_surrogate_in_a_text_is_invalid_not_a_crash():
+    outcome = route(incoming(b'{"to": "bob", "text": "a\\ud800b"}'), now=NOW, new_id=FRESH)
+    assert isinstance(outcome, Reply) and outcome.answer is not None
+    assert outcome.answer.body.reason == "invalid"
+    assert "surrogate" in (outcome.answer.body.detail or "")
+
+
+def test_a_receipt_naming_a_lone_surrogate_id_is_refused_not_raised():
+    body = b'{"message_id": "\\udfff", "to": "bob", "status": "read"}'
+    outcome = route(incoming(body, type=TYPE_RECEIPT, reply_to=None), now=NOW, new_id=FRESH)
+    assert isinstance(outcome, Reply | DeadLetter)

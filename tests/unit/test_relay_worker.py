@@ -20,6 +20,7 @@ from protocol.topology import (
     INBOX_EXCHANGE,
     TYPE_ANSWER,
     TYPE_MESSAGE,
+    TYPE_RECEIPT,
     TYPE_SEND,
     inbox_queue,
     user_anchor_queue,
@@ -27,7 +28,8 @@ from protocol.topology import (
 from services.relay.answers import AnswerChannel
 from services.relay.ids import IdGenerator
 from services.relay.inbox_checks import PROBE_TIMEOUT_SECONDS
-from services.relay.node_health import NodeHealth
+from services.relay.node_health import Answerability, NodeHealth
+from services.relay.rate_limits import Rate, RateLimits
 from services.relay.settings import RelaySettings
 from services.relay.status import Counters
 from services.relay.worker import OutboxWorker
@@ -182,7 +184,14 @@ class Rig:
         )
 
 
-def make_worker(skip: Callable[[str], bool] = lambda _r: False, **inboxes: int | str) -> Rig:
+UNLIMITED = Rate(0, 1)
+
+
+def make_worker(
+    check: Callable[[str], Answerability] = lambda _r: Answerability.YES,
+    limits: RateLimits | None = None,
+    **inboxes: int | str,
+) -> Rig:
     """`inboxes`: recipient -> message count, or the 404 text of its passive declare."""
     # a return probes the user's anchor, a nack the (legacy, length-limited) inbox
     states = {user_anchor_queue(name): state for name, state in inboxes.items()}
@@ -191,7 +200,7 @@ def make_worker(skip: Callable[[str], bool] = lambda _r: False, **inboxes: int |
     channel = FakeChannel()
     counters = Counters()
     loop = cast(SelectConnection, connection)
-    answers = AnswerChannel(loop, counters=counters, reopen=lambda: False, skip=skip)
+    answers = AnswerChannel(loop, counters=counters, reopen=lambda: False, check=check)
     answers.use(cast(Any, channel))
     worker = OutboxWorker(
         loop,
@@ -201,6 +210,10 @@ def make_worker(skip: Callable[[str], bool] = lambda _r: False, **inboxes: int |
         counters=counters,
         clock=lambda: NOW,
         ids=IdGenerator(),
+        limits=limits
+        or RateLimits(
+            sender=UNLIMITED, recipient=UNLIMITED, receipts=UNLIMITED, clock=time.monotonic
+        ),
     )
     return Rig(worker, channel, connection, counters)
 
@@ -343,7 +356,7 @@ def test_an_invalid_message_is_answered_and_acked_at_once():
 def test_a_reused_client_id_still_gets_each_return_right():
     """Two in-flight publishes with one server id: returns pair up in publish order."""
     rig = make_worker(nobody=MISSING)
-    headers = {SENT_MS_HEADER: 1_700_000_000_000}
+    headers = {SENT_MS_HEADER: int(NOW.timestamp() * 1000) - 1000}
     rig.deliver(1, {"to": "nobody", "text": "a"}, message_id="same", headers=headers)
     rig.deliver(2, {"to": "nobody", "text": "a"}, message_id="same", headers=headers)
     first, second = rig.channel.published
@@ -366,7 +379,7 @@ def test_answers_to_a_sender_on_a_node_that_is_down_are_dropped_and_the_message_
     stopped = threading.Event()
     stopped.set()  # the thread that waits for the node's return ends at once
     health = NodeHealth(SETTINGS, stopped)
-    rig = make_worker(skip=health.blocks)
+    rig = make_worker(check=health.answerability)
     node = ("127.0.0.1", 5672)
     health.named(node, "reply@17702804")
     health.down(node)
@@ -380,3 +393,74 @@ def test_answers_to_a_sender_on_a_node_that_is_down_are_dropped_and_the_message_
     rig.deliver(2, {"to": "bob", "text": "again"}, reply_to=NODE_REPLY)
     rig.confirm(2)
     assert [a["status"] for a in answers(rig.channel)] == ["accepted"]
+
+
+def test_a_sender_past_its_limit_is_answered_rate_limited_and_acked_without_a_publish():
+    clock = [0.0]
+    limits = RateLimits(
+        sender=Rate(1.0, 2), recipient=UNLIMITED, receipts=UNLIMITED, clock=lambda: clock[0]
+    )
+    rig = make_worker(limits=limits)
+    for tag in (1, 2, 3):
+        rig.deliver(tag, {"to": "bob", "text": f"m{tag}"})
+    inbox = [p for p in rig.channel.published if p["exchange"] == INBOX_EXCHANGE]
+    assert len(inbox) == 2  # the burst
+    assert rig.channel.acked == []  # acked after this I/O turn, with others
+    rig.connection.run_timers(up_to=0)
+    assert rig.channel.acked == [3]  # no inbox publish to wait for
+    [answer] = answers(rig.channel)
+    assert (answer["status"], answer["reason"]) == ("rejected", "rate_limited")
+    assert answer["client_id"] == "client-3"
+    assert rig.counters.rate_limited == 1
+
+
+def test_the_per_recipient_guard_limits_one_pair_only():
+    limits = RateLimits(
+        sender=UNLIMITED, recipient=Rate(1.0, 2), receipts=UNLIMITED, clock=lambda: 0.0
+    )
+    rig = make_worker(limits=limits)
+    for tag in (1, 2, 3):
+        rig.deliver(tag, {"to": "bob", "text": "x"})
+    rig.deliver(4, {"to": "carol", "text": "x"})
+    recipients = [
+        p["routing_key"] for p in rig.channel.published if p["exchange"] == INBOX_EXCHANGE
+    ]
+    assert recipients == ["bob", "bob", "carol"]
+    [answer] = answers(rig.channel)
+    assert answer["reason"] == "rate_limited" and "to bob" in answer["detail"]
+
+
+def test_a_send_without_reply_to_or_id_counts_as_relayed_not_as_a_receipt():
+    rig = make_worker()
+    rig.deliver(1, {"to": "bob", "text": "no reply-to"}, reply_to=None, message_id=None)
+    rig.confirm(1)
+    assert (rig.counters.relayed, rig.counters.receipts) == (1, 0)
+    rig.deliver(2, {"message_id": "m", "to": "bob", "status": "read"}, type=TYPE_RECEIPT)
+    rig.confirm(2)
+    assert (rig.counters.relayed, rig.counters.receipts) == (1, 1)
+
+
+def test_poison_is_dead_lettered_without_an_open_dead_letter_channel_by_rejecting_it():
+    rig = make_worker()
+    rig.deliver(1, b"[" * 30_000 + b"]" * 30_000)
+    rig.deliver(2, {"to": "bob", "text": "x"}, message_id=b"\xff\xfe")
+    assert rig.channel.rejected == [(1, False), (2, False)]
+    assert rig.counters.dead_lettered == 2
+
+
+def test_a_flood_is_acked_with_one_multiple_ack_when_nothing_older_is_open():
+    limits = RateLimits(
+        sender=Rate(1.0, 1), recipient=UNLIMITED, receipts=UNLIMITED, clock=lambda: 0.0
+    )
+    rig = make_worker(limits=limits)
+    rig.deliver(1, {"to": "bob", "text": "in the burst"})  # published, awaits its confirm
+    rig.confirm(1)
+    multiple: list[tuple[int, bool]] = []
+    rig.channel.basic_ack = lambda tag, multiple_=False, **kw: multiple.append(  # type: ignore[method-assign]
+        (tag, kw.get("multiple", multiple_))
+    )
+    for tag in range(2, 50):
+        rig.deliver(tag, {"to": "bob", "text": "flood"})
+    rig.connection.run_timers(up_to=0)
+    assert multiple == [(49, True)]
+    assert rig.counters.rate_limited == 48

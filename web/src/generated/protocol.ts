@@ -82,7 +82,7 @@ export interface RelayAnswer {
   client_id?: string | null;
   id?: string | null;
   sent_at?: string | null;
-  reason?: "unknown_recipient" | "invalid" | "inbox_full" | null;
+  reason?: "unknown_recipient" | "invalid" | "inbox_full" | "rate_limited" | null;
   detail?: string | null;
 }
 
