@@ -67,16 +67,18 @@ class Syncer:
         # through the device queue (it exists since login), to be shown when it comes.
         cursor = newest([s.last_message.id for s in summaries if s.last_message])
         for summary in summaries:
-            if summary.unread > 0 and summary.peer != self._history.owner and on_page:
-                on_page(self._unread(summary.peer, summary.unread))
+            last = summary.last_message
+            if summary.unread > 0 and summary.peer != self._history.owner and on_page and last:
+                on_page(self._unread(summary.peer, summary.unread, last.id))
         if cursor is not None:
             self._history.set_state(CURSOR_KEY, cursor)
         return cursor
 
-    def _unread(self, peer: str, unread: int) -> SyncPage:
-        """The newest `unread` messages from `peer` (the archive counts them)."""
+    def _unread(self, peer: str, unread: int, last_id: str) -> SyncPage:
+        """The newest `unread` messages from `peer` up to `last_id` (the count is of the
+        list's moment: what came since comes with the sync after it, in order)."""
         page = self._api.messages(peer, limit=min(unread + UNREAD_SLACK, PAGE_LIMIT_MAX))
-        received = [m for m in page.messages if m.sender == peer]
+        received = [m for m in page.messages if m.sender == peer and m.id <= last_id]
         return SyncPage(messages=received[-unread:], receipts=[], has_more=False)
 
     def run(self, on_page: Callable[[SyncPage], object]) -> int:
