@@ -92,7 +92,11 @@ class Receiver:
         """What the archive held for this device: stored, shown if new, receipts applied.
         `delivered` goes out only for what no device of this user had received yet."""
         stored = self._history.store_received_many(page.messages)
+        if stored:
+            self._checkpoint("stored")
         self._show_new(stored)
+        if stored:
+            self._checkpoint("shown")
         self._receipt_delivered([m for m in page.messages if m.status == "accepted"])
         for notice in page.receipts:
             self.on_receipt(notice)

@@ -8,9 +8,9 @@ sync page, kept in the local history; it is not the newest id of the history as 
 because history pages and a chat's first screen bring in newer messages of one
 conversation only, and a cursor moved past the others would skip what they missed.
 
-A device with no cursor yet starts from where the server stands: its local history's newest
-id (a device that ran before there was an archive), or the newest last message of its
-conversations (a new device: older messages are history, paged on demand). A new device
+A device with no cursor yet (a new one, or one that ran before there was an archive) starts
+from where the server stands: the newest last message of its conversations (older messages
+are history, paged on demand). Such a device
 first takes in, as news, the messages its conversations count as unread: what came before
 this device and nobody read on another one, including all that was sent to the user before
 their first login (no queue held it; the archive did).
@@ -52,11 +52,9 @@ class Syncer:
         cursor = self._history.state(CURSOR_KEY)
         if cursor is not None:
             return cursor
-        cursor = self._history.newest_id()
-        if cursor is None:
-            return self._start_from_server(on_page)
-        self._history.advance_state(CURSOR_KEY, cursor)
-        return cursor
+        # Not the local history's newest id: what this device sent before it first synced
+        # is there too, and a cursor after it would skip what came to it meanwhile.
+        return self._start_from_server(on_page)
 
     def _start_from_server(self, on_page: Callable[[SyncPage], object] | None) -> str | None:
         """Start at the newest last message of the conversations; first hand `on_page` the

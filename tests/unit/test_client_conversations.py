@@ -229,7 +229,7 @@ def test_a_new_device_takes_in_what_is_unread_first(history: History):
 
 
 def test_sync_pages_on_and_the_cursor_follows(history: History):
-    history.store_received_many([live("m1")])
+    advance_cursor(history, ["m1"])
     api: Any = FakeApi([page("m2", "m3", more=True), page("m4")])
     Syncer(api, history).run(lambda p: history.store_received_many(p.messages))
     assert api.asked == ["m1", "m3"]
@@ -300,7 +300,7 @@ class UnknownCursorApi(FakeApi):
 
 
 def test_a_cursor_the_archive_does_not_know_starts_the_sync_afresh(history: History):
-    history.store_received_many([live("m0-before-the-archive")])
+    advance_cursor(history, ["m0-before-the-archive"])
     summary = ConversationSummary(peer="bob", last_message=archived("m7"), updated_at=T0)
     api: Any = UnknownCursorApi({"m7"}, pages=[page("m8")], summaries=[summary])
     assert Syncer(api, history).run(lambda p: None) == 1
