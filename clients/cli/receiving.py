@@ -247,8 +247,10 @@ def inbox(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 @app.command(epilog=EXIT_CODES_HELP)
 def listen(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Print messages as they arrive, until Ctrl-C. When the server goes away, a line on
-    stderr says so, and it reconnects by itself for as long as it runs."""
+    """Print messages as they arrive, until Ctrl-C.
+
+    When the server goes away, a line on stderr says so, and it reconnects by itself for as
+    long as it runs."""
     if not as_json and sys.stderr.isatty():
         err("Listening for messages; Ctrl-C stops.")
     _receive(ctx, as_json, None)
