@@ -221,9 +221,9 @@ def import_(
 def migrate() -> None:
     """Bring the broker's per-user queues up to date (idempotent).
 
-    `make run` and compose run it at every start: an anchor `user.<name>` for every user; with legacy inboxes off,
-    each `inbox.<name>` is unbound, and deleted when empty (a non-empty one stays for its
-    owner's client to drain)."""
+    `make run` and compose run it at every start: an anchor `user.<name>` for every user;
+    with legacy inboxes off, each `inbox.<name>` is unbound, and deleted when empty (a
+    non-empty one stays for its owner's client to drain)."""
     settings = _settings()
     configure_logging("WARNING")
     store = _store(settings)
