@@ -15,6 +15,7 @@ from services.archive.ingest import Ingest
 from services.archive.settings import ArchiveSettings
 from services.archive.store import Store
 from services.logs import configure_logging
+from services.settings_errors import describe_settings_errors
 
 logger = logging.getLogger("services.archive")
 
@@ -38,10 +39,7 @@ def _run() -> int:
         settings = ArchiveSettings()
     except ValidationError as exc:
         configure_logging()
-        problems = "; ".join(
-            f"MESSENGER_ARCHIVE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = describe_settings_errors(exc, ArchiveSettings.model_config["env_prefix"])
         logger.error("invalid archive settings: %s", problems)
         return 2
     configure_logging(settings.log_level)

@@ -11,6 +11,7 @@ from broker.pika_io import coalesce_pika_writes, guard_property_decoding
 from services.logs import configure_logging
 from services.relay.lifecycle import Relay
 from services.relay.settings import RelaySettings
+from services.settings_errors import describe_settings_errors
 
 logger = logging.getLogger("services.relay")
 
@@ -33,10 +34,7 @@ def _run() -> int:
         settings = RelaySettings()  # the password comes from the environment
     except ValidationError as exc:
         configure_logging()
-        problems = "; ".join(
-            f"MESSENGER_RELAY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = describe_settings_errors(exc, RelaySettings.model_config["env_prefix"])
         logger.error("invalid relay settings: %s", problems)
         return 2
     configure_logging(settings.log_level)
