@@ -7,7 +7,6 @@ import time
 import pytest
 
 from protocol.accounts import SignupRequest
-from protocol.topology import device_queue
 from services.auth.accounts import Accounts, StoredAddresses
 from services.auth.errors import (
     AccountDeleted,
@@ -23,34 +22,11 @@ from services.auth.hashing import PasswordHashing
 from services.auth.ratelimit import LoginLimiter, TokenBucket
 from services.auth.store import Store, UserRecord
 from services.auth.tokens import new_token, token_hash
+from tests.unit.auth_fakes import FakeInboxes
 
 PASSWORD = "correct horse battery"
 
 
-class FakeInboxes:
-    def __init__(self) -> None:
-        self.declared: list[str] = []
-        self.down = False
-
-    def declare(self, username: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("down")
-        self.declared.append(username)
-
-    def declare_device(self, username: str, device_id: str) -> str:
-        if self.down:
-            raise BrokerUnavailable("down")
-        self.devices = [*getattr(self, "devices", []), device_queue(username, device_id)]
-        return device_queue(username, device_id)
-
-    def delete_device(self, queue: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("down")
-        self.deleted = [*getattr(self, "deleted", []), queue]
-
-    def delete_user(self, username: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("down")
 
 
 def cheap_hashing(time_cost: int = 1) -> PasswordHashing:

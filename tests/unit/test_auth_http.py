@@ -11,14 +11,13 @@ import httpx
 import pytest
 
 from protocol.accounts import Meta
-from protocol.topology import device_queue
 from services.auth.accounts import Accounts
 from services.auth.broker_api import create_broker_app
-from services.auth.errors import BrokerUnavailable
 from services.auth.hashing import PasswordHashing
 from services.auth.public_api import create_public_app
 from services.auth.ratelimit import LoginLimiter
 from services.auth.store import Store
+from tests.unit.auth_fakes import FakeInboxes
 
 PASSWORD = "correct horse battery"
 META = Meta(protocol_version=1, amqp_url="amqp://broker:5672", vhost="messenger")
@@ -49,27 +48,6 @@ class InProcessClient:
         return self.request("DELETE", url, **kwargs)
 
 
-class FakeInboxes:
-    down = False
-
-    def declare(self, username: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("down")
-
-    def declare_device(self, username: str, device_id: str) -> str:
-        if self.down:
-            raise BrokerUnavailable("down")
-        self.devices = [*getattr(self, "devices", []), device_queue(username, device_id)]
-        return device_queue(username, device_id)
-
-    def delete_device(self, queue: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("down")
-        self.deleted = [*getattr(self, "deleted", []), queue]
-
-    def delete_user(self, username: str) -> None:
-        if self.down:
-            raise BrokerUnavailable("down")
 
 
 @pytest.fixture
