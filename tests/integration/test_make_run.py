@@ -186,20 +186,7 @@ class Flow:
     def send_in_background(self, text: str) -> threading.Thread:
         """`messenger send` as its own process, again and again until it is taken (the
         broker refuses connections while it is down); returns at once."""
-        env = self.alice.env()  # taken now: `run` swaps os.environ in this thread
-        command = [*COMMAND, "send", self.bob.username, text]
-
-        def keep_trying() -> None:
-            deadline = time.monotonic() + FLOW_TIMEOUT
-            while time.monotonic() < deadline:
-                done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-                if done.returncode == 0 or "queued" in done.stderr:
-                    return
-                time.sleep(0.2)
-
-        thread = threading.Thread(target=keep_trying, daemon=True)
-        thread.start()
-        return thread
+        return keep_sending(self.alice, self.bob.username, text)
 
     def read(self) -> None:
         result = self.bob.run("inbox", "--json")
