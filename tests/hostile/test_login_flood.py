@@ -10,21 +10,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pika
-import pika.exceptions
 
-from tests.integration.stack import AuthService, Broker, close_quietly, signup_and_login
+from tests.integration.stack import (
+    AuthService,
+    Broker,
+    close_quietly,
+    login_refused,
+    signup_and_login,
+)
 
 FLOOD = 150  # failed AMQP logins, no account needed for most of them
-
-
-def refused(broker: Broker, username: str, password: str) -> bool:
-    try:
-        connection = broker.connect(username, password)
-    except pika.exceptions.AMQPConnectionError:
-        return True
-    close_quietly(connection)
-    return False
 
 
 def test_a_broker_login_flood_leaves_honest_users_and_its_target_logging_in(
@@ -35,7 +30,7 @@ def test_a_broker_login_flood_leaves_honest_users_and_its_target_logging_in(
     attempts = [(f"ghost{uuid.uuid4().hex[:10]}", "guess") for _ in range(FLOOD)]
     attempts += [(victim.username, f"guess {n}") for n in range(FLOOD // 3)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda a: refused(broker, *a), attempts))
+        results = list(pool.map(lambda a: login_refused(broker, *a), attempts))
     assert all(results), "a guessed login got in"
 
     # Honest users carry on: a password login, a token connect.

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pika
-import pika.exceptions
 import pytest
 
 from deploy.local_broker import free_port
@@ -21,6 +19,7 @@ from tests.integration.stack import (
     Broker,
     close_quietly,
     eventually,
+    login_refused,
     signup_and_login,
     start_auth,
     unique_username,
@@ -42,15 +41,6 @@ def login(
         )
 
 
-def amqp_login_refused(broker: Broker, username: str, password: str) -> bool:
-    try:
-        connection = broker.connect(username, password)
-    except pika.exceptions.AMQPConnectionError:
-        return True
-    close_quietly(connection)
-    return False
-
-
 def test_a_stranger_guessing_does_not_keep_the_user_out_of_an_address_known_to_work(
     auth: AuthService, broker: Broker
 ):
@@ -60,7 +50,7 @@ def test_a_stranger_guessing_does_not_keep_the_user_out_of_an_address_known_to_w
         assert login(auth, user.username, "wrong password", source=attacker).status_code == 401
     # The name's budget for strangers is spent: the right password from elsewhere waits,
     # and so does the broker path (it has no address: always a stranger) ...
-    assert amqp_login_refused(broker, user.username, user.password)
+    assert login_refused(broker, user.username, user.password)
     limited = login(auth, user.username, user.password, source=STRANGER)
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
@@ -72,9 +62,9 @@ def test_a_stranger_guessing_does_not_keep_the_user_out_of_an_address_known_to_w
 def test_failed_broker_logins_are_throttled_like_any_other(auth: AuthService, broker: Broker):
     user = signup_and_login(auth)
     for _ in range(FREE_FAILURES + 1):
-        assert amqp_login_refused(broker, user.username, "wrong password")
+        assert login_refused(broker, user.username, "wrong password")
     # The broker's pair (this name, no address) now waits: even the password is refused ...
-    assert amqp_login_refused(broker, user.username, user.password)
+    assert login_refused(broker, user.username, user.password)
     # ... while the user's token, and the password from the user's own address, still work.
     close_quietly(broker.connect(user.username, user.token))
     assert login(auth, user.username, user.password).status_code == 200
